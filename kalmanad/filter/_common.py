@@ -1,0 +1,431 @@
+"""Shared machinery of the filters: input checks, missing data, guards, small factorisations.
+
+Everything here is private to ``kalmanad.filter``. Shape checks are static (they read
+``.shape`` only), so they work under ``jit``/``vmap``; value checks run only on
+concrete arrays, because inside a sampler an invalid value must give ``-inf``, never
+an exception.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kalmanad.linalg._checks import as_float_array
+from kalmanad.ssm import DiscreteSSM
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# Number of trailing ("core") dimensions of each DiscreteSSM field; anything in front
+# is a batch dimension.
+CORE_NDIM = {
+    "transition": 3,
+    "offset": 2,
+    "transition_cov": 3,
+    "observation": 3,
+    "observation_offset": 2,
+    "observation_cov": 3,
+    "initial_mean": 1,
+    "initial_cov": 2,
+}
+
+
+def mT(x):
+    return jnp.swapaxes(x, -1, -2)
+
+
+def symmetrize(x):
+    return 0.5 * (x + mT(x))
+
+
+def is_concrete(*xs) -> bool:
+    """True when no argument is a tracer (so its values may be inspected)."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _expected_shapes(T: int, n: int, m: int) -> dict:
+    return {
+        "transition": (T, n, n),
+        "offset": (T, n),
+        "transition_cov": (T, n, n),
+        "observation": (T, m, n),
+        "observation_offset": (T, m),
+        "observation_cov": (T, m, m),
+        "initial_mean": (n,),
+        "initial_cov": (n, n),
+    }
+
+
+def ssm_dims(ssm: DiscreteSSM, y_shape=None):
+    """Return ``(T, n, m)`` of an unbatched SSM, raising ``ValueError`` on bad shapes.
+
+    ``y_shape``, when given, must be ``(T, m)``.
+    """
+    for name in DiscreteSSM._fields:
+        x = getattr(ssm, name)
+        if not hasattr(x, "shape"):
+            raise ValueError(f"DiscreteSSM.{name} must be an array, got {type(x).__name__}")
+        if x.ndim != CORE_NDIM[name]:
+            raise ValueError(
+                f"DiscreteSSM.{name} must have {CORE_NDIM[name]} dimensions, got shape "
+                f"{x.shape} (use jax.vmap, or matching leading batch dimensions on y, for "
+                "several subjects)"
+            )
+    T, m, n = ssm.observation.shape
+    if T == 0:
+        raise ValueError("the model has no time steps (observation.shape[0] == 0)")
+    expected = _expected_shapes(T, n, m)
+    bad = [
+        f"{name}: expected {expected[name]}, got {getattr(ssm, name).shape}"
+        for name in DiscreteSSM._fields
+        if tuple(getattr(ssm, name).shape) != expected[name]
+    ]
+    if bad:
+        raise ValueError(
+            f"inconsistent DiscreteSSM shapes (T={T}, n={n}, m={m} read from "
+            f"observation.shape={ssm.observation.shape}): " + "; ".join(bad)
+        )
+    if y_shape is not None and tuple(y_shape) != (T, m):
+        raise ValueError(
+            f"y must have shape (T, m) = ({T}, {m}) to match the model, got {tuple(y_shape)}"
+        )
+    return T, n, m
+
+
+def promote(ssm: DiscreteSSM, *others):
+    """Cast every SSM field (and ``others``) to one common inexact dtype."""
+    fields = [as_float_array(getattr(ssm, f), f"DiscreteSSM.{f}") for f in DiscreteSSM._fields]
+    others = [as_float_array(o, "y") if o is not None else None for o in others]
+    dtype = jnp.result_type(*fields, *[o for o in others if o is not None])
+    ssm = DiscreteSSM(*[f.astype(dtype) for f in fields])
+    others = [o.astype(dtype) if o is not None else None for o in others]
+    return (ssm, *others)
+
+
+def _index(k: int, lead: tuple):
+    return tuple(int(i) for i in np.unravel_index(k, lead))
+
+
+def check_values(ssm: DiscreteSSM, y=None) -> None:
+    """Value checks on concrete input: finite entries, symmetric PSD covariances.
+
+    Works with any leading batch dimensions. Raises ``ValueError`` naming the field and
+    the first offending index. Skipped by the callers when any input is traced.
+    """
+    dtype = ssm.transition.dtype
+    tol = math.sqrt(float(np.finfo(dtype).eps))
+    tiny = float(np.finfo(dtype).tiny)
+    for name in DiscreteSSM._fields:
+        x = np.asarray(getattr(ssm, name))
+        if not np.all(np.isfinite(x)):
+            idx = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"DiscreteSSM.{name} has a non-finite entry at index {tuple(idx)}")
+    if y is not None:
+        yy = np.asarray(y)
+        if np.any(np.isinf(yy)):
+            idx = np.argwhere(np.isinf(yy))[0]
+            raise ValueError(f"y has an infinite entry at index {tuple(idx)} (use NaN for missing)")
+    covs = {
+        name: np.asarray(getattr(ssm, name))
+        for name in ("transition_cov", "observation_cov", "initial_cov")
+    }
+    # One scale for all process-noise steps: a tiny step's Qd legitimately carries
+    # rounding of the size of the larger covariances it was computed from.
+    scale_all = max(float(np.max(np.abs(c), initial=0.0)) for c in covs.values())
+    for name, c in covs.items():
+        lead = c.shape[:-2]
+        flat = c.reshape((-1, *c.shape[-2:]))
+        if flat.shape[0] == 0:
+            continue
+        asym = np.max(np.abs(flat - np.swapaxes(flat, -1, -2)), axis=(-2, -1))
+        scale = np.maximum(np.max(np.abs(flat), axis=(-2, -1)), tiny)
+        bad = np.nonzero(asym > tol * scale)[0]
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"DiscreteSSM.{name} is not symmetric at index {_index(k, lead)} "
+                f"(max |C - Cᵀ| = {asym[k]:.3g}, shape {c.shape})"
+            )
+        lam = np.linalg.eigvalsh(0.5 * (flat + np.swapaxes(flat, -1, -2)))[:, 0]
+        ref = np.full_like(scale, max(scale_all, tiny)) if name == "transition_cov" else scale
+        bad = np.nonzero(lam < -tol * ref)[0]
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"DiscreteSSM.{name} is not positive semi-definite at index "
+                f"{_index(k, lead)} (smallest eigenvalue {lam[k]:.3g}, shape {c.shape})"
+            )
+
+
+def prepare(ssm: DiscreteSSM, y, *, validate: bool = True):
+    """Promote to one float dtype and check values (when concrete and ``validate``).
+
+    Shapes are checked later, per subject, by :func:`ssm_dims`.
+    """
+    ssm, y = promote(ssm, jnp.asarray(y))
+    if validate and is_concrete(ssm, y):
+        check_values(ssm, y)
+    return ssm, y
+
+
+# ------------------------------------------------------------------- batching helper
+
+
+def batched(fn, ssm: DiscreteSSM, arrays: tuple, array_core_ndims: tuple, batch_ndim: int):
+    """Apply ``fn(ssm, *arrays)`` over ``batch_ndim`` leading batch dimensions.
+
+    Each SSM field and each array either carries the full batch prefix (mapped) or none
+    (shared). ``arrays`` entries may be ``None`` (passed through).
+    """
+    if batch_ndim == 0:
+        return fn(ssm, *arrays)
+    lead = None
+    for x, core in [(getattr(ssm, f), CORE_NDIM[f]) for f in DiscreteSSM._fields] + list(
+        zip(arrays, array_core_ndims, strict=True)
+    ):
+        if x is not None and jnp.ndim(x) == core + batch_ndim:
+            lead = jnp.shape(x)[:batch_ndim]
+            break
+
+    def axes(x, core, name):
+        if x is None:
+            return None
+        nd = jnp.ndim(x)
+        if nd == core:
+            return None
+        if nd == core + batch_ndim and jnp.shape(x)[:batch_ndim] == lead:
+            return 0
+        raise ValueError(
+            f"{name} must have shape (*batch, core) with batch={lead} and {core} core "
+            f"dimensions, or no batch dimensions; got shape {jnp.shape(x)}"
+        )
+
+    ssm_axes = DiscreteSSM(
+        *[axes(getattr(ssm, f), CORE_NDIM[f], f"DiscreteSSM.{f}") for f in DiscreteSSM._fields]
+    )
+    arr_axes = tuple(
+        axes(a, c, f"argument {i}")
+        for i, (a, c) in enumerate(zip(arrays, array_core_ndims, strict=True))
+    )
+    f = fn
+    for _ in range(batch_ndim):
+        f = jax.vmap(f, in_axes=(ssm_axes, *arr_axes))
+    return f(ssm, *arrays)
+
+
+# -------------------------------------------------------------------- missing values
+
+
+def mask_missing(y, observation, observation_offset, observation_cov):
+    """Exact missing-value treatment by zeroing, vectorised over the T axis.
+
+    For each step, entries of ``y`` that are NaN get a zero row in ``H`` and ``d``, a
+    zero innovation (``y`` set to 0), unit variance and zero cross-covariance in ``R``.
+    The innovation covariance is then block-diagonal (observed block, identity), so the
+    Gaussian density factorises and the missing block contributes exactly
+    ``-½ n_missing log 2π``, which the callers leave out by using ``n_observed`` in the
+    normalising constant. Returns ``(y0, H, d, R, n_observed)``.
+    """
+    obs = ~jnp.isnan(y)  # (T, m)
+    y0 = jnp.where(obs, y, 0.0)
+    H = jnp.where(obs[..., None], observation, 0.0)
+    d = jnp.where(obs, observation_offset, 0.0)
+    both = obs[..., :, None] & obs[..., None, :]
+    eye = jnp.eye(y.shape[-1], dtype=y.dtype)
+    R = jnp.where(both, observation_cov, 0.0) + jnp.where(obs, 0.0, 1.0)[..., None] * eye
+    n_obs = jnp.sum(obs, axis=-1).astype(y.dtype)
+    return y0, H, d, R, n_obs
+
+
+def sanitize_inputs(ssm: DiscreteSSM, y0):
+    """Replace non-finite model entries by zeros; return ``(ssm, all_finite)``.
+
+    The double-``where`` trick: downstream arithmetic never sees a NaN/inf from the
+    input, so the gradients stay finite (zero with respect to the replaced entries)
+    while the caller reports ``-inf`` through ``all_finite``. Covariances are also
+    symmetrised here (each is read as its symmetric part, as in ``kalmanad.linalg``).
+    """
+    ok = jnp.isfinite(y0).all()
+    fields = []
+    for name in DiscreteSSM._fields:
+        x = getattr(ssm, name)
+        fin = jnp.isfinite(x)
+        ok = ok & fin.all()
+        x = jnp.where(fin, x, 0.0)
+        if name in ("transition_cov", "observation_cov", "initial_cov"):
+            x = symmetrize(x)
+        fields.append(x)
+    return DiscreteSSM(*fields), ok
+
+
+def finite_scalar(*xs):
+    """One cheap finiteness test of several arrays (a sum of finite values is finite
+    unless it overflows, which is treated as invalid too)."""
+    total = sum(jnp.sum(x) for x in xs)
+    return jnp.isfinite(total)
+
+
+# ------------------------------------------------------------- small factorisations
+
+
+@jax.custom_jvp
+def _cholesky(s):
+    return lax.linalg.cholesky(s, symmetrize_input=False)
+
+
+@_cholesky.defjvp
+def _cholesky_jvp(primals, tangents):
+    # Murray (2016): L̇ = L Φ(L⁻¹ Ṡ L⁻ᵀ), Φ = lower triangle with halved diagonal, for
+    # a symmetric Ṡ. Where s is not PD the tangent is zero, not NaN, so a masked failed
+    # factorisation leaks no NaN into any derivative order.
+    (s,), (ds,) = primals, tangents
+    ds = symmetrize(ds)
+    l = _cholesky(s)
+    ok = jnp.all(jnp.isfinite(l), axis=(-2, -1))[..., None, None]
+    eye = jnp.eye(s.shape[-1], dtype=s.dtype)
+    l_safe = jnp.where(ok, l, eye)
+    x = tri_solve(l_safe, ds)
+    x = mT(tri_solve(l_safe, mT(x)))
+    phi = jnp.tril(x) - 0.5 * eye * x
+    return l, jnp.where(ok, l_safe @ phi, 0.0)
+
+
+def safe_cholesky(s):
+    """Lower Cholesky factor of symmetric ``s`` (..., m, m) and a PD flag (...,).
+
+    Where ``s`` is not positive-definite or not finite, the factor is replaced by the
+    identity (and its tangent by zero), so downstream arithmetic and every derivative
+    stay finite; the caller turns ``ok == False`` into a ``-inf`` log-likelihood.
+    For m = 1 it is a guarded square root (no LAPACK call on the hot path).
+    """
+    if s.shape[-1] == 1:
+        ok = (s[..., 0, 0] > 0) & jnp.isfinite(s[..., 0, 0])
+        l = jnp.sqrt(jnp.where(ok[..., None, None], s, 1.0))
+        return l, ok
+    l = _cholesky(s)
+    d = jnp.diagonal(l, axis1=-2, axis2=-1)
+    ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
+    l = jnp.where(ok[..., None, None], l, jnp.eye(s.shape[-1], dtype=s.dtype))
+    return l, ok
+
+
+# Largest size solved by unrolled substitution rather than LAPACK/XLA: XLA's CPU
+# expansion of a batched triangular solve costs about a second of compile time each,
+# and for tiny matrices a few fused element-wise operations also run faster.
+SMALL = 8
+
+
+def substitute(a, b, *, lower: bool, transpose: bool = False, unit_diagonal: bool = False):
+    """Solve ``op(a) x = b`` for triangular ``a`` (..., r, r), ``b`` (..., r, k).
+
+    ``op(a) = aᵀ`` if ``transpose``; ``a`` is lower- (``lower``) or upper-triangular,
+    optionally with an implicit unit diagonal. Batch dimensions broadcast. Unrolled
+    forward/back substitution for r <= SMALL, ``lax.linalg.triangular_solve`` beyond.
+    """
+    r = a.shape[-1]
+    if r > SMALL:
+        batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a = jnp.broadcast_to(a, batch + a.shape[-2:])
+        b = jnp.broadcast_to(b, batch + b.shape[-2:])
+        return lax.linalg.triangular_solve(
+            a, b, left_side=True, lower=lower, transpose_a=transpose, unit_diagonal=unit_diagonal
+        )
+
+    def e(i, j):  # entry (i, j) of op(a), keeping a trailing axis for the k columns
+        return (a[..., j, i] if transpose else a[..., i, j])[..., None]
+
+    forward = lower != transpose
+    order = range(r) if forward else range(r - 1, -1, -1)
+    x = [None] * r
+    for i in order:
+        acc = b[..., i, :]
+        for j in range(i) if forward else range(i + 1, r):
+            acc = acc - e(i, j) * x[j]
+        x[i] = acc if unit_diagonal else acc / e(i, i)
+    return jnp.stack(x, axis=-2)
+
+
+def tri_solve(l, b, *, transpose: bool = False):
+    """``l⁻¹ b`` (``l⁻ᵀ b`` if ``transpose``) for lower-triangular ``l`` (..., m, m),
+    ``b`` (..., m, k)."""
+    return substitute(l, b, lower=True, transpose=transpose)
+
+
+def lu_solve(lu, perm, b, *, transpose: bool = False):
+    """Solve ``a x = b`` (``aᵀ x = b`` if ``transpose``) from ``lax.linalg.lu(a)``.
+
+    ``a[perm] = L U`` with unit-lower ``L`` and upper ``U`` packed in ``lu``. The row
+    permutation is applied as a one-hot matrix product (cheap to compile, batched).
+    """
+    n = lu.shape[-1]
+    p = (perm[..., :, None] == jnp.arange(n)).astype(lu.dtype)  # p @ v = v[perm]
+    if not transpose:
+        y = substitute(lu, p @ b, lower=True, unit_diagonal=True)
+        return substitute(lu, y, lower=False)
+    y = substitute(lu, b, lower=False, transpose=True)
+    y = substitute(lu, y, lower=True, transpose=True, unit_diagonal=True)
+    return mT(p) @ y
+
+
+def psd_factor(s):
+    """A square root ``g`` with ``g gᵀ = s₊`` of a symmetric PSD ``s`` (..., n, n).
+
+    ``s₊`` clamps negative eigenvalues (rounding) to zero: ``g = V diag(√λ₊)``. Robust
+    to singular ``s`` (``Q = 0`` at a zero-length step). Not meant to be differentiated
+    (the square root has an infinite derivative at 0): callers stop its gradient and
+    carry derivatives in covariance form.
+    """
+    s = lax.stop_gradient(s)
+    if s.shape[-1] == 1:
+        return jnp.sqrt(jnp.maximum(s, 0.0))
+    lam, vec = jnp.linalg.eigh(s)
+    return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :]
+
+
+def tria(m):
+    """Lower-triangular ``l`` (..., r, r), positive diagonal, with ``l lᵀ = m mᵀ``,
+    for ``m`` (..., r, c), c >= r, by a QR decomposition of ``mᵀ`` (forward only)."""
+    r = jnp.linalg.qr(mT(m), mode="r")
+    l = mT(r)
+    sign = jnp.where(jnp.diagonal(l, axis1=-2, axis2=-1) < 0, -1.0, 1.0).astype(l.dtype)
+    return l * sign[..., None, :]
+
+
+def chol_tangent(l, dp):
+    """Tangent of the Cholesky factor ``l`` of ``P`` for a symmetric tangent ``dp``:
+    ``L̇ = L Φ(L⁻¹ Ṗ L⁻ᵀ)`` (valid for any diagonal signs of ``l``)."""
+    x = tri_solve(l, dp)
+    x = mT(tri_solve(l, mT(x)))
+    phi = jnp.tril(x) - 0.5 * jnp.eye(x.shape[-1], dtype=x.dtype) * x
+    return l @ phi
+
+
+@jax.custom_jvp
+def attach_cholesky(p, l):
+    """Return ``l`` (a lower factor of ``p`` computed without derivative information)
+    with the tangent of the Cholesky factor of ``p``.
+
+    The square-root filter propagates factors forward-only and carries derivatives in
+    covariance form; this gives its reported factors the right derivative. The tangent
+    needs ``p`` positive-definite (the Cholesky factor is not differentiable otherwise).
+    """
+    return l
+
+
+@attach_cholesky.defjvp
+def _attach_cholesky_jvp(primals, tangents):
+    p, l = primals
+    dp, _ = tangents
+    return l, chol_tangent(l, symmetrize(dp))
+
+
+def first_bad_mask(ok):
+    """``True`` from the first ``False`` of ``ok`` (T,) onwards (cumulative invalidity)."""
+    return jnp.cumsum(~ok) > 0

@@ -1,0 +1,108 @@
+"""The filter dispatcher: ``filter_ssm``."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from kalmanad.filter._common import batched, prepare, ssm_dims
+from kalmanad.filter._types import FilterResult
+from kalmanad.filter.diffuse import filter_diffuse
+from kalmanad.filter.parallel import filter_parallel
+from kalmanad.filter.sequential import filter_sequential
+from kalmanad.filter.sqrt import filter_sqrt
+from kalmanad.ssm import DiscreteSSM
+
+METHODS = ("sequential", "sqrt", "parallel")
+
+
+def filter_ssm(
+    ssm: DiscreteSSM,
+    y,
+    method: str = "sequential",
+    *,
+    diffuse_mask=None,
+    diffuse_steps: int | None = None,
+    validate: bool = True,
+) -> FilterResult:
+    """Kalman filter of a discrete-time linear-Gaussian state-space model.
+
+    Model (see :class:`kalmanad.ssm.DiscreteSSM`), steps k = 0..T-1::
+
+        x_{-1} ~ N(initial_mean, initial_cov)
+        x_k = A_k x_{k-1} + b_k + w_k,      w_k ~ N(0, Q_k)
+        y_k = H_k x_k + d_k + e_k,          e_k ~ N(0, R_k)
+
+    and ``log p(y) = Σ_k log N(y_k; H_k m_{k|k-1} + d_k, H_k P_{k|k-1} H_kᵀ + R_k)``.
+
+    Missing values are NaN entries of ``y``. A partially missing y_k is treated exactly:
+    the missing entries get a zero row of H_k, a zero innovation and unit variance with
+    zero cross-covariance, and the normalising constant counts only the observed
+    entries, so they drop out of the update and contribute exactly 0. A fully missing
+    row only predicts and contributes 0: ragged subjects can be padded with all-NaN
+    rows at the end. Covariance arguments are read as their symmetric parts.
+
+    Invalid values never raise inside ``jit``/``grad``: a non-finite model entry or
+    observation, or an innovation covariance that is not positive-definite, gives a
+    ``-inf`` log-likelihood (``-inf`` pointwise from that step on) and finite (zero)
+    gradients — the "double where" guard keeps NaN out of every derivative.
+
+    Args:
+        ssm: the model; unbatched fields as in :class:`DiscreteSSM`, or with the same
+            leading batch dimensions as ``y`` (fields without them are shared).
+            ``jax.vmap`` over this function works as well.
+        y: (..., T, m) observations, NaN = missing.
+        method: ``"sequential"`` (``lax.scan``, covariance form, one Cholesky per step),
+            ``"sqrt"`` (Cholesky factors propagated by QR, positive-definite in
+            float32, also returns the factors) or ``"parallel"`` (Särkkä &
+            García-Fernández 2021 associative scan, O(log T) depth). All three give the
+            same log-likelihood to rounding.
+        diffuse_mask: optional (n,) boolean: state components with a diffuse (improper)
+            initial distribution, handled by the exact diffuse initialisation of
+            Koopman & Durbin (univariate treatment; ``method="sequential"`` only).
+            Their rows/columns of ``initial_cov`` and entries of ``initial_mean`` are
+            ignored. The result is the diffuse log-likelihood, as statsmodels'
+            exact diffuse initialisation reports it.
+        diffuse_steps: static length of the diffuse window (default n, enough when
+            each step observes at least one informative entry; more only costs time).
+            If the diffuse period has not ended inside it, the log-likelihood is
+            ``-inf``.
+        validate: with concrete inputs, check values (finite, symmetric positive
+            semi-definite covariances, no infinite observation) and raise. Shapes are
+            always checked.
+
+    Returns:
+        :class:`FilterResult`, with the leading batch dimensions of ``y``.
+
+    Raises:
+        ValueError: on inconsistent shapes or an unknown method (also under ``jit``),
+            and, for concrete input with ``validate``, on a non-finite model entry, a
+            non-symmetric or indefinite covariance, or an infinite observation.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if diffuse_mask is not None and method != "sequential":
+        raise ValueError(
+            "the exact diffuse initialisation is implemented by method='sequential' only, "
+            f"got method={method!r}"
+        )
+    y = jnp.asarray(y)
+    if y.ndim < 2:
+        raise ValueError(f"y must have shape (..., T, m), got shape {y.shape}")
+    ssm, y = prepare(ssm, y, validate=validate)
+    if diffuse_mask is not None:
+        diffuse_mask = jnp.asarray(diffuse_mask)
+        if diffuse_mask.dtype != jnp.bool_:
+            raise ValueError(f"diffuse_mask must be boolean, got dtype {diffuse_mask.dtype}")
+
+    def run(ssm_, y_, mask_):
+        _, n, _ = ssm_dims(ssm_, y_.shape)
+        if mask_ is not None:
+            steps = n if diffuse_steps is None else int(diffuse_steps)
+            return filter_diffuse(ssm_, y_, mask_, steps)
+        if method == "sequential":
+            return filter_sequential(ssm_, y_)
+        if method == "sqrt":
+            return filter_sqrt(ssm_, y_)
+        return filter_parallel(ssm_, y_)
+
+    return batched(run, ssm, (y, diffuse_mask), (2, 1), y.ndim - 2)

@@ -1,0 +1,346 @@
+"""Continuous-time front end of the filters: ``LinearSDE`` + observation times → results.
+
+These are the public entry points of design.md §3 (``kalmanad.kalman_filter``,
+``log_likelihood``, ``rts_smoother``, ``simulate``, ``forecast``). Each discretises the
+model exactly at the observation times (:func:`kalmanad.discretize.discretize_model`,
+distinct step sizes once) and runs the discrete-time machinery of
+:mod:`kalmanad.filter`.
+
+Batching: the model's array fields may carry leading batch dims (one model per subject,
+e.g. built under ``jax.vmap``), ``times`` (..., T), ``y`` (..., T, m) and ``inputs``
+(..., T, p) too; all leading dims broadcast together. Ragged panels are padded to a
+common T by repeating each subject's last time and filling ``y`` with NaN: padded rows
+contribute exactly nothing.
+
+Invalid parameters (a stationary start with an unstable drift, an indefinite
+covariance, a NaN) give a ``-inf`` log-likelihood with finite gradients, so a sampler
+rejects them instead of crashing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kalmanad.discretize import (
+    StepGrid,
+    check_times,
+    discretize_model,
+    discretize_step,
+    step_grid,
+)
+from kalmanad.filter import (
+    FilterResult,
+    Forecast,
+    Simulation,
+    SmootherResult,
+    filter_ssm,
+    rts_smoother_ssm,
+    simulate_ssm,
+)
+from kalmanad.model import LinearSDE
+
+__all__ = [
+    "discretize_observed",
+    "forecast",
+    "kalman_filter",
+    "log_likelihood",
+    "model_batch_shape",
+    "rts_smoother",
+    "simulate",
+]
+
+# Number of core (non-batch) dims of each LinearSDE field, in pytree order.
+_CORE_NDIM = (2, 2, 2, 2, 1, 1, 2, 2, 2, 1, 2)
+
+
+def model_batch_shape(model: LinearSDE) -> tuple[int, ...]:
+    """The leading batch shape of a (possibly batched) model: ``drift.shape[:-2]``."""
+    return tuple(jnp.shape(model.drift)[:-2])
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, LinearSDE):
+        raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
+
+
+def _broadcast_model(model: LinearSDE, batch: tuple[int, ...]) -> LinearSDE:
+    leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: x is None)
+    out = [
+        None if x is None else jnp.broadcast_to(x, batch + jnp.shape(x)[jnp.ndim(x) - k :])
+        for x, k in zip(leaves, _CORE_NDIM, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def discretize_observed(model: LinearSDE, times, inputs=None, *, discretization="van_loan"):
+    """The :class:`~kalmanad.ssm.DiscreteSSM` of a possibly batched model at ``times``.
+
+    An unbatched model goes straight to :func:`~kalmanad.discretize.discretize_model`
+    (``times`` may still carry subject dims). A batched model is broadcast against the
+    leading dims of ``times``/``inputs`` and discretised under one ``jax.vmap``; with
+    concrete times the distinct step sizes of the whole panel are still found once.
+
+    Returns:
+        ``(ssm, batch)``: the discrete model with per-step arrays (*batch, T, ...) and the
+        broadcast batch shape.
+    """
+    _check_model(model)
+    mbatch = model_batch_shape(model)
+    t_shape = tuple(jnp.shape(times))
+    if len(t_shape) < 1:
+        raise ValueError(f"times must have shape (..., T), got shape {t_shape}")
+    shapes = [mbatch, t_shape[:-1]]
+    if inputs is not None:
+        shapes.append(tuple(jnp.shape(inputs)[:-2]))
+    try:
+        batch = tuple(jnp.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ValueError(
+            f"the batch dims of the model {mbatch}, times {t_shape} and inputs "
+            f"{None if inputs is None else jnp.shape(inputs)} do not broadcast"
+        ) from None
+    if not mbatch:
+        return discretize_model(model, times, inputs, method=discretization), batch
+
+    T = t_shape[-1]
+    t_c = check_times(times)
+    grid = step_grid(t_c) if t_c is not None else None
+    size = math.prod(batch)
+    flat_model = jax.tree.map(
+        lambda x: x.reshape((size, *x.shape[len(batch):])), _broadcast_model(model, batch)
+    )
+    flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
+    args = [flat_model, flat_times]
+    if grid is not None:
+        args.append(np.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
+    if inputs is not None:
+        p = jnp.shape(inputs)[-1]
+        args.append(jnp.broadcast_to(jnp.asarray(inputs), (*batch, T, p)).reshape(size, T, p))
+
+    def one(m, t, *rest):
+        rest = list(rest)
+        g = StepGrid(grid.dt, rest.pop(0)) if grid is not None else None
+        u = rest.pop(0) if rest else None
+        return discretize_model(m, t, u, method=discretization, grid=g)
+
+    ssm = jax.vmap(one)(*args)
+    return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), ssm), batch
+
+
+def _validity(model: LinearSDE, batch: tuple[int, ...]):
+    """Per-subject validity flags (``batch`` shape) of a possibly batched model."""
+    mbatch = model_batch_shape(model)
+    if not mbatch:
+        return jnp.broadcast_to(model.is_valid(), batch)
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[len(mbatch):])), model)
+    ok = jax.vmap(LinearSDE.is_valid)(flat).reshape(mbatch)
+    return jnp.broadcast_to(ok, batch)
+
+
+def _check_y(y, T: int, m: int):
+    y = jnp.asarray(y)
+    if y.ndim < 2 or y.shape[-2:] != (T, m):
+        raise ValueError(
+            f"y must have shape (..., T, m) = (..., {T}, {m}) (T from times, m from the "
+            f"model's observation matrix), got shape {y.shape}"
+        )
+    if not jnp.issubdtype(y.dtype, jnp.floating):
+        y = y.astype(jnp.result_type(float))
+    return y
+
+
+def kalman_filter(
+    model: LinearSDE,
+    times,
+    y,
+    inputs=None,
+    *,
+    method: str = "sequential",
+    discretization: str = "van_loan",
+) -> FilterResult:
+    """Exact Kalman filter of a continuous-time linear SDE observed at ``times``.
+
+    Args:
+        model: the :class:`~kalmanad.LinearSDE` (array fields may be batched).
+        times: (..., T) non-decreasing observation times (ties allowed).
+        y: (..., T, m) observations; NaN entries are missing (partially missing rows too).
+        inputs: (..., T, p) inputs, or None for a model without inputs.
+        method: ``"sequential"`` (``lax.scan``), ``"sqrt"`` (square-root, QR-propagated
+            Cholesky factors; positive-definite in float32) or ``"parallel"``
+            (associative scan, O(log T) depth). All three agree to rounding.
+        discretization: ``"van_loan"`` (any drift) or ``"stationary"`` (stable drift).
+
+    Returns:
+        :class:`~kalmanad.filter.FilterResult` with ``log_likelihood`` (batch shape),
+        ``pointwise_log_likelihood`` (..., T) (one-step-ahead predictive densities),
+        predicted and filtered means (..., T, n) and covariances (..., T, n, n).
+        ``log_likelihood`` is ``-inf`` for invalid parameter values.
+    """
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
+    y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
+    ssm, y, batch = _align(ssm, y, batch)
+    diffuse = model.initial_state == "diffuse" and method == "sequential"
+    kw = {"diffuse_mask": jnp.ones(model.n_states, bool)} if diffuse else {}
+    res = filter_ssm(ssm, y, method, **kw)
+    ok = _validity(model, batch)
+    ok_pw = ok[..., None]
+    return res._replace(
+        log_likelihood=jnp.where(ok, res.log_likelihood, -jnp.inf),
+        pointwise_log_likelihood=jnp.where(ok_pw, res.pointwise_log_likelihood, -jnp.inf),
+    )
+
+
+def _align(ssm, y, batch):
+    """Broadcast the SSM (leading dims ``batch``) and ``y`` to their common batch shape."""
+    try:
+        full = tuple(jnp.broadcast_shapes(batch, y.shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            f"y has shape {y.shape}, whose leading dims do not broadcast with the batch "
+            f"shape {batch} of the model, times and inputs"
+        ) from None
+    if full != batch:
+        k = len(batch)
+        ssm = jax.tree.map(lambda x: jnp.broadcast_to(x, full + x.shape[k:]), ssm)
+    y = jnp.broadcast_to(y, full + y.shape[-2:])
+    return ssm, y, full
+
+
+def log_likelihood(model: LinearSDE, times, y, inputs=None, **kwargs) -> jax.Array:
+    """The exact log-likelihood alone: ``kalman_filter(...).log_likelihood``."""
+    return kalman_filter(model, times, y, inputs, **kwargs).log_likelihood
+
+
+def rts_smoother(
+    model: LinearSDE,
+    times,
+    y,
+    inputs=None,
+    *,
+    method: str = "sequential",
+    discretization: str = "van_loan",
+) -> SmootherResult:
+    """Rauch–Tung–Striebel smoothed states E[x(t_k) | all y] and covariances.
+
+    Arguments as :func:`kalman_filter`. Returns
+    :class:`~kalmanad.filter.SmootherResult` with means (..., T, n), covariances
+    (..., T, n, n) and lag-one cross covariances (..., T-1, n, n).
+    """
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
+    y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
+    ssm, y, _ = _align(ssm, y, batch)
+    res = filter_ssm(ssm, y, method)
+    return rts_smoother_ssm(ssm, res)
+
+
+def simulate(
+    model: LinearSDE,
+    times,
+    key,
+    inputs=None,
+    *,
+    sample_shape=(),
+    discretization: str = "van_loan",
+) -> Simulation:
+    """Exact draws of the latent states and observations at ``times``.
+
+    The state is propagated through the exact discretisation (no Euler error), so the
+    draws have exactly the law that :func:`kalman_filter` evaluates.
+
+    Returns:
+        :class:`~kalmanad.filter.Simulation` with ``states`` (*sample_shape, *batch, T, n)
+        and ``observations`` (*sample_shape, *batch, T, m).
+    """
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
+    sample_shape = tuple(sample_shape)
+    n_draws = math.prod(sample_shape) * math.prod(batch)
+    flat = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, sample_shape + x.shape).reshape(
+            (n_draws, *x.shape[len(batch):])
+        ),
+        ssm,
+    )
+    keys = jax.random.split(key, n_draws)
+    sim = jax.vmap(lambda s, k: simulate_ssm(s, k))(flat, keys)
+    return jax.tree.map(lambda x: x.reshape(sample_shape + batch + x.shape[1:]), sim)
+
+
+def forecast(
+    model: LinearSDE,
+    times,
+    y,
+    new_times,
+    inputs=None,
+    new_inputs=None,
+    *,
+    method: str = "sequential",
+    discretization: str = "van_loan",
+) -> Forecast:
+    """Predictive moments at future times given all observations.
+
+    Filters ``y`` at ``times`` and propagates the last filtered state through the
+    exact discretisation to each of ``new_times`` (strictly after ``times[-1]``,
+    non-decreasing). ``new_inputs`` (K, p) are the inputs at the new times, held
+    (zero-order) over the following interval like observed inputs; the input at the
+    last observation time is held over the first forecast interval.
+
+    Returns:
+        :class:`~kalmanad.filter.Forecast`: state means (..., K, n) and covariances
+        (..., K, n, n), observation means (..., K, m) and covariances (..., K, m, m)
+        (measurement noise included).
+    """
+    _check_model(model)
+    if model_batch_shape(model):
+        raise ValueError("forecast takes an unbatched model; use jax.vmap for several")
+    res = kalman_filter(model, times, y, inputs, method=method, discretization=discretization)
+    new_times = jnp.asarray(new_times)
+    if new_times.ndim != 1 or new_times.shape[0] == 0:
+        raise ValueError(f"new_times must have shape (K,) with K >= 1, got {new_times.shape}")
+    t_last = jnp.asarray(times)[..., -1:]
+    nt_c = check_times(jnp.concatenate([jnp.broadcast_to(t_last, (1,)), new_times]))
+    if nt_c is not None and np.any(np.diff(nt_c) <= 0):
+        if nt_c[1] <= nt_c[0]:
+            raise ValueError(
+                f"new_times must lie after the last observation time {nt_c[0]}, got "
+                f"new_times[0]={nt_c[1]}"
+            )
+    p = model.n_inputs
+    K = new_times.shape[0]
+    if new_inputs is None:
+        if p:
+            raise ValueError(f"the model has p={p} inputs: pass new_inputs of shape ({K}, {p})")
+        held = None
+        impulses = None
+    else:
+        new_inputs = jnp.asarray(new_inputs)
+        if new_inputs.shape != (K, p):
+            raise ValueError(
+                f"new_inputs must have shape (K, p) = ({K}, {p}), got {new_inputs.shape}"
+            )
+        u_last = jnp.asarray(inputs)[-1:] if inputs is not None else jnp.zeros((1, p))
+        held = jnp.concatenate([u_last, new_inputs[:-1]], axis=0)
+        impulses = new_inputs
+    steps = jnp.diff(jnp.concatenate([jnp.broadcast_to(t_last, (1,)), new_times]))
+    ad, bd, qd = discretize_step(model, steps, held, impulses, method=discretization)
+    m0, p0 = res.filtered_mean[-1], res.filtered_cov[-1]
+
+    def step(carry, xs):
+        m, p = carry
+        a, b, q = xs
+        m = a @ m + b
+        p = a @ p @ a.T + q
+        p = 0.5 * (p + p.T)
+        return (m, p), (m, p)
+
+    _, (means, covs) = jax.lax.scan(step, (m0, p0), (ad, bd, qd))
+    h, d = model.observation, model.observation_intercept
+    obs_off = d + (new_inputs @ model.observation_input_effect.T if new_inputs is not None else 0.0)
+    obs_mean = means @ h.T + obs_off
+    obs_cov = h @ covs @ h.T + model.observation_noise
+    return Forecast(
+        state_mean=means, state_cov=covs, observation_mean=obs_mean, observation_cov=obs_cov
+    )
