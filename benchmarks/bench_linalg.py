@@ -62,6 +62,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 # Hard cap on the Kronecker peer's n² × n² stack (bytes); beyond it the case is skipped.
 _KRON_MAX_BYTES = 1 << 30
+# A function whose samples already total this many seconds needs no 3rd sample.
+_SLOW_SECONDS = 2.0
 
 
 def _parse():
@@ -232,7 +234,9 @@ def _time_interleaved(fns, repeats, min_time, max_seconds):
 
     A sample is the mean over enough back-to-back calls (each blocked on) to last
     ``min_time``. One sample of each function in turn per round, so drifting background
-    load affects all contenders alike. After 3 rounds, stops once ``max_seconds`` passed.
+    load affects all contenders alike. Stops once ``max_seconds`` have passed and each
+    function has 3 samples (or, if one call is very slow, samples totalling
+    ``_SLOW_SECONDS``; the first, calibrating call counts when it is long enough).
     """
     number, samples = {}, {}
     t_start = time.perf_counter()
@@ -243,20 +247,27 @@ def _time_interleaved(fns, repeats, min_time, max_seconds):
         number[key] = max(1, min(1000, math.ceil(min_time / max(dt, 1e-7))))
         # A call that is long enough on its own is already a sample.
         samples[key] = [dt] if number[key] == 1 else []
-    for _round in range(repeats - 1 if all(samples.values()) else repeats):
+    for _round in range(repeats):
+        # Enough: past the time budget, with 3 samples of each function or, for a
+        # function whose single call is very slow, samples totalling a few seconds.
+        if time.perf_counter() - t_start > max_seconds and all(
+            len(v) >= 3 or sum(v) >= _SLOW_SECONDS for v in samples.values()
+        ):
+            break
         for key, (fn, args) in fns.items():
             t0 = time.perf_counter()
             for _ in range(number[key]):
                 _call(fn, args)
             samples[key].append((time.perf_counter() - t0) / number[key])
-        if (
-            min(len(v) for v in samples.values()) >= 3
-            and time.perf_counter() - t_start > max_seconds
-        ):
-            break
     medians = {k: statistics.median(v) for k, v in samples.items()}
     minima = {k: min(v) for k, v in samples.items()}
     return medians, minima, min(len(v) for v in samples.values())
+
+
+def _ms(seconds):
+    """Milliseconds with 4 significant digits, in at most 9 characters."""
+    ms = seconds * 1e3
+    return f"{ms:.4g}" if ms < 1e5 else f"{ms:.3e}"
 
 
 def _max_rel_diff(x, y):
@@ -373,7 +384,7 @@ def _run_case(case, n, batch, rng, repeats, min_time, max_seconds):
             )
         rows.append(row)
         print(
-            f"{case:<9}{n:>4}{batch:>6} {name:<6}{p * 1e3:>10.4f}{g * 1e3:>10.4f}"
+            f"{case:<9}{n:>4}{batch:>6} {name:<6}{_ms(p):>10}{_ms(g):>10}"
             f"{g / p:>7.2f}{row['vg_over_primal_min']:>7.2f}{ratios}",
             flush=True,
         )
@@ -389,7 +400,7 @@ def main():
     # Many short samples: their median is robust to a shared, loaded machine.
     repeats = ARGS.repeats or (11 if quick else 31)
     min_time = 0.003 if quick else 0.005
-    max_seconds = 2.0 if quick else 8.0
+    max_seconds = 2.0 if quick else 6.0
     cases = ARGS.only or ["expm", "gaussian", "lyapunov"]
     out_path = ARGS.output or (
         REPO
@@ -428,7 +439,10 @@ def main():
         print("\nissue targets (measured in this run):")
         for t in targets:
             status = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
-            print(f"  {t['target']:<62} {t['measured']:<24} {status}")
+            print(
+                f"  {t['target']:<56} {t['measured']:<22} {status:<8} "
+                f"(from minima: {t['measured_min']})"
+            )
     print(f"\ntotal {elapsed:.0f} s; JSON written to {out_path}")
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -458,47 +472,44 @@ def _find(rows, case, n, batch, method):
 
 
 def _targets(rows):
-    """The issue's performance targets, evaluated on this run's rows (None: not measured)."""
-    out = []
-    ours = [r for r in rows if r["case"] == "expm" and r["method"] == "ours" and "primal_s" in r]
-    if ours:
+    """The issue's performance targets on this run's rows.
+
+    ``met`` is judged on medians (None: not measured); the same ratio from minima is
+    reported beside it, as a check on a noisy machine.
+    """
+
+    def worst_ratio(case, limit, text):
+        ours = [r for r in rows if r["case"] == case and r["method"] == "ours" and "primal_s" in r]
+        if not ours:
+            return None
         worst = max(ours, key=lambda r: r["vg_over_primal"])
-        out.append(
-            {
-                "target": "expm value_and_grad ≤ 3× its primal (worst case)",
-                "measured": f"{worst['vg_over_primal']:.2f}× (n={worst['n']}, b={worst['batch']})",
-                "met": worst["vg_over_primal"] <= 3.0,
-            }
-        )
-    r = _find(rows, "expm", 4, 512, "jax")
-    out.append(
-        {
-            "target": "expm batch 512×4×4 v&g ≤ ½ of jax.scipy expm under AD",
-            "measured": "not run" if r is None else f"{r['ours_over_peer_vg']:.2f}×",
-            "met": None if r is None else r["ours_over_peer_vg"] <= 0.5,
+        worst_min = max(ours, key=lambda r: r["vg_over_primal_min"])
+        return {
+            "target": text,
+            "measured": f"{worst['vg_over_primal']:.2f}× (n={worst['n']}, b={worst['batch']})",
+            "measured_min": (
+                f"{worst_min['vg_over_primal_min']:.2f}× (n={worst_min['n']}, "
+                f"b={worst_min['batch']})"
+            ),
+            "met": worst["vg_over_primal"] <= limit,
         }
-    )
-    r = _find(rows, "expm", 16, 1, "jax")
-    out.append(
-        {
-            "target": "expm single 16×16 v&g no slower than jax.scipy expm AD",
+
+    def versus(n, batch, limit, text):
+        r = _find(rows, "expm", n, batch, "jax")
+        return {
+            "target": text,
             "measured": "not run" if r is None else f"{r['ours_over_peer_vg']:.2f}×",
-            "met": None if r is None else r["ours_over_peer_vg"] <= 1.0,
+            "measured_min": "not run" if r is None else f"{r['ours_over_peer_vg_min']:.2f}×",
+            "met": None if r is None else r["ours_over_peer_vg"] <= limit,
         }
-    )
-    ours = [
-        r for r in rows if r["case"] == "lyapunov" and r["method"] == "ours" and "primal_s" in r
+
+    out = [
+        worst_ratio("expm", 3.0, "expm value_and_grad ≤ 3× its primal (worst case)"),
+        versus(4, 512, 0.5, "expm batch 512×4×4 v&g ≤ ½ of jax.scipy expm under AD"),
+        versus(16, 1, 1.0, "expm single 16×16 v&g no slower than jax.scipy expm AD"),
+        worst_ratio("lyapunov", 2.5, "Lyapunov value_and_grad ≤ 2.5× its primal (worst case)"),
     ]
-    if ours:
-        worst = max(ours, key=lambda r: r["vg_over_primal"])
-        out.append(
-            {
-                "target": "Lyapunov value_and_grad ≤ 2.5× its primal (worst case)",
-                "measured": f"{worst['vg_over_primal']:.2f}× (n={worst['n']}, b={worst['batch']})",
-                "met": worst["vg_over_primal"] <= 2.5,
-            }
-        )
-    return out
+    return [t for t in out if t is not None]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,13 @@ from numpyro.distributions import Distribution, constraints
 
 from kalmanad.filter import METHODS
 from kalmanad.model import LinearSDE
-from kalmanad.statespace import kalman_filter, model_batch_shape, simulate
+from kalmanad.statespace import (
+    _validity,
+    discretize_observed,
+    kalman_filter,
+    model_batch_shape,
+    simulate,
+)
 
 __all__ = ["LinearSDEDistribution"]
 
@@ -119,7 +125,26 @@ class LinearSDEDistribution(Distribution):
 
     def log_prob(self, value):
         """Exact log-likelihood of ``value`` (..., T, m); shape ``batch_shape``."""
+        invalid = self._concretely_invalid(value)
+        if invalid is not None:
+            return invalid
         return self._filter(value).log_likelihood
+
+    def _concretely_invalid(self, value):
+        """``-inf`` of the right shape when the (concrete) model is invalid, else None.
+
+        Under tracing the filter maps invalid parameters to ``-inf`` itself; with
+        concrete arrays the front end would raise instead, but a distribution must
+        answer ``-inf`` (e.g. NumPyro's eager initial trace).
+        """
+        leaves = [x for x in jax.tree.leaves(self.model)]
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return None
+        ok = np.asarray(_validity(self.model, model_batch_shape(self.model)))
+        if ok.all():
+            return None
+        shape = jnp.broadcast_shapes(jnp.shape(value)[:-2], self.batch_shape)
+        return jnp.full(shape, -jnp.inf, self.model.dtype)
 
     def pointwise_log_prob(self, value):
         """One-step-ahead predictive log-density of each time point: shape (..., T).
@@ -131,16 +156,18 @@ class LinearSDEDistribution(Distribution):
 
     def sample(self, key, sample_shape=()):
         """Exact draws of the observations: shape ``sample_shape + batch_shape + (T, m)``."""
-        shape = tuple(sample_shape) + tuple(self.batch_shape)
-        return simulate(self.model, self.times, key, inputs=self.inputs, sample_shape=shape).y
+        sim = simulate(self.model, self.times, key, inputs=self.inputs, sample_shape=sample_shape)
+        return jnp.broadcast_to(
+            sim.observations, tuple(sample_shape) + tuple(self.batch_shape) + self.event_shape
+        )
 
     @property
     def mean(self):
         """Marginal mean of the observations, shape ``batch_shape + (T, m)``."""
-        return kalman_filter(
-            self.model,
-            self.times,
-            jnp.full(self.batch_shape + self.event_shape, jnp.nan, self.model.dtype),
-            self.inputs,
-            method="sequential",
-        ).predicted_observation_mean
+        ssm, _ = discretize_observed(self.model, self.times, self.inputs)
+        nan = jnp.full(self.batch_shape + self.event_shape, jnp.nan, self.model.dtype)
+        res = kalman_filter(self.model, self.times, nan, self.inputs, method="sequential")
+        return (
+            jnp.einsum("...mn,...n->...m", ssm.observation, res.predicted_mean)
+            + ssm.observation_offset
+        )

@@ -27,7 +27,8 @@ def _axes(ax, nrows: int = 1, figsize=None):
     import matplotlib.pyplot as plt
 
     if ax is not None:
-        return ax.figure, np.atleast_1d(ax)
+        axes = np.atleast_1d(ax).ravel()
+        return axes[0].figure, axes
     fig, axes = plt.subplots(
         nrows, 1, figsize=figsize or (8, 2.6 * nrows), squeeze=False, sharex=True
     )

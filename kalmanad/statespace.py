@@ -111,7 +111,7 @@ def discretize_observed(model: LinearSDE, times, inputs=None, *, discretization=
     grid = step_grid(t_c) if t_c is not None else None
     size = math.prod(batch)
     flat_model = jax.tree.map(
-        lambda x: x.reshape((size, *x.shape[len(batch):])), _broadcast_model(model, batch)
+        lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
     )
     flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
     args = [flat_model, flat_times]
@@ -136,7 +136,7 @@ def _validity(model: LinearSDE, batch: tuple[int, ...]):
     mbatch = model_batch_shape(model)
     if not mbatch:
         return jnp.broadcast_to(model.is_valid(), batch)
-    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[len(mbatch):])), model)
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[len(mbatch) :])), model)
     ok = jax.vmap(LinearSDE.is_valid)(flat).reshape(mbatch)
     return jnp.broadcast_to(ok, batch)
 
@@ -260,7 +260,7 @@ def simulate(
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
         lambda x: jnp.broadcast_to(x, sample_shape + x.shape).reshape(
-            (n_draws, *x.shape[len(batch):])
+            (n_draws, *x.shape[len(batch) :])
         ),
         ssm,
     )

@@ -52,7 +52,7 @@ def random_ssm(rng, T, n, m, *, zero_steps=(), dtype=np.float64):
 
 def dense_state_moments(ssm):
     """Mean (T, n) and joint covariance (T n, T n) of all states."""
-    A, b, Q, H, d, R, m0, P0 = [np.asarray(x, np.float64) for x in ssm]
+    A, b, Q, _, _, _, m0, P0 = [np.asarray(x, np.float64) for x in ssm]
     T, n = b.shape
     mx = np.zeros((T, n))
     V = np.zeros((T * n, T * n))
@@ -72,7 +72,7 @@ def dense_state_moments(ssm):
 
 def dense_joint(ssm):
     """Mean and covariance of the stacked (states, observations)."""
-    A, b, Q, H, d, R, m0, P0 = [np.asarray(x, np.float64) for x in ssm]
+    _, b, _, H, d, R, _, _ = [np.asarray(x, np.float64) for x in ssm]
     T, n = b.shape
     m = d.shape[1]
     mx, V = dense_state_moments(ssm)
@@ -95,7 +95,7 @@ def dense_loglik(ssm, y):
 
 def dense_condition(ssm, y, upto=None):
     """E and Cov of all states given the observations of steps < ``upto`` (all if None)."""
-    mx, V, my, Syy, Sxy, (T, n, m) = dense_joint(ssm)
+    mx, V, my, Syy, Sxy, (T, n, _) = dense_joint(ssm)
     yy = np.array(y, np.float64)
     if upto is not None:
         yy[upto:] = np.nan
@@ -144,10 +144,12 @@ def test_dense_reference_with_missing_and_zero_steps(method):
     ref = dense_loglik(ssm, y)
     np.testing.assert_allclose(float(r.log_likelihood), ref, rtol=1e-9)
     # pointwise = increments of the dense log-likelihood of growing prefixes
-    prefix = [0.0] + [dense_loglik(ssm, np.where(np.arange(T)[:, None] <= k, y, np.nan))
-                      for k in range(T)]
-    np.testing.assert_allclose(np.asarray(r.pointwise_log_likelihood), np.diff(prefix),
-                               rtol=1e-9, atol=1e-10)
+    prefix = [0.0] + [
+        dense_loglik(ssm, np.where(np.arange(T)[:, None] <= k, y, np.nan)) for k in range(T)
+    ]
+    np.testing.assert_allclose(
+        np.asarray(r.pointwise_log_likelihood), np.diff(prefix), rtol=1e-9, atol=1e-10
+    )
     assert float(r.pointwise_log_likelihood[5]) == 0.0
     # predicted / filtered moments = dense Gaussian conditioning
     for k in range(T):
@@ -164,14 +166,14 @@ def test_dense_reference_with_missing_and_zero_steps(method):
             assert np.all(np.diagonal(np.asarray(L), axis1=-2, axis2=-1) > 0)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(
-    T=st.integers(1, 7),
-    n=st.integers(1, 3),
-    m=st.integers(1, 3),
+    shape=st.sampled_from([(1, 1, 1), (5, 2, 3), (6, 3, 1)]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_dense_reference_property(T, n, m, seed):
+def test_dense_reference_property(shape, seed):
+    # few distinct shapes (each compiles once); random models and missing patterns
+    T, n, m = shape
     rng = np.random.default_rng(seed)
     ssm = random_ssm(rng, T, n, m, zero_steps=(0,))
     y = with_missing(rng, rng.normal(size=(T, m)), 0.3)
@@ -183,16 +185,17 @@ def test_dense_reference_property(T, n, m, seed):
 
 def test_methods_agree_long_series():
     rng = np.random.default_rng(1)
-    T, n, m = 300, 3, 2
-    ssm = random_ssm(rng, T, n, m, zero_steps=(0, 17, 18, 150))
-    y = with_missing(rng, rng.normal(size=(T, m)), 0.2, full_rows=(5, 6, 299))
+    T, n, m = 64, 3, 2
+    ssm = random_ssm(rng, T, n, m, zero_steps=(0, 17, 18, 50))
+    y = with_missing(rng, rng.normal(size=(T, m)), 0.2, full_rows=(5, 6, 63))
     res = {meth: filter_ssm(ssm, y, meth) for meth in METHODS}
     ref = res["sequential"]
     for meth in ("sqrt", "parallel"):
         r = res[meth]
         np.testing.assert_allclose(float(r.log_likelihood), float(ref.log_likelihood), rtol=1e-8)
-        np.testing.assert_allclose(r.pointwise_log_likelihood, ref.pointwise_log_likelihood,
-                                   rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(
+            r.pointwise_log_likelihood, ref.pointwise_log_likelihood, rtol=1e-7, atol=1e-9
+        )
         np.testing.assert_allclose(r.filtered_mean, ref.filtered_mean, rtol=1e-7, atol=1e-8)
         np.testing.assert_allclose(r.filtered_cov, ref.filtered_cov, rtol=1e-7, atol=1e-8)
         np.testing.assert_allclose(r.predicted_cov, ref.predicted_cov, rtol=1e-7, atol=1e-8)
@@ -212,8 +215,9 @@ def test_partial_missing_equals_dropping_the_channel():
     for method in METHODS:
         a = filter_ssm(ssm, y, method)
         b = filter_ssm(one, y[:, :1], method)
-        np.testing.assert_allclose(a.pointwise_log_likelihood, b.pointwise_log_likelihood,
-                                   rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(
+            a.pointwise_log_likelihood, b.pointwise_log_likelihood, rtol=1e-12, atol=1e-13
+        )
         np.testing.assert_allclose(a.filtered_cov, b.filtered_cov, rtol=1e-12, atol=1e-13)
 
 
@@ -240,8 +244,16 @@ def _local_level_ssm(T, s2_level, s2_irregular, m0=0.0, p0=0.0):
     ones = np.ones((T, 1, 1))
     Q = ones * s2_level
     Q[0] = 0.0  # statsmodels' initial state is the predicted state at the first time
-    return DiscreteSSM(ones, np.zeros((T, 1)), Q, ones, np.zeros((T, 1)), ones * s2_irregular,
-                       np.array([m0]), np.array([[p0]]))
+    return DiscreteSSM(
+        ones,
+        np.zeros((T, 1)),
+        Q,
+        ones,
+        np.zeros((T, 1)),
+        ones * s2_irregular,
+        np.array([m0]),
+        np.array([[p0]]),
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -295,8 +307,16 @@ def test_statsmodels_var1_with_measurement_error(method):
     b[0] = 0.0
     Q = np.broadcast_to(Sig, (T, n, n)).copy()
     Q[0] = 0.0
-    ssm = DiscreteSSM(A, b, Q, np.broadcast_to(np.eye(n), (T, n, n)), np.zeros((T, n)),
-                      np.broadcast_to(Rm, (T, n, n)), a1, P1)
+    ssm = DiscreteSSM(
+        A,
+        b,
+        Q,
+        np.broadcast_to(np.eye(n), (T, n, n)),
+        np.zeros((T, n)),
+        np.broadcast_to(Rm, (T, n, n)),
+        a1,
+        P1,
+    )
     got = float(filter_ssm(ssm, y, method).log_likelihood)
     np.testing.assert_allclose(got, ref, rtol=1e-8)
 
@@ -323,15 +343,21 @@ def test_diffuse_local_linear_trend_matches_statsmodels():
     y = _nile()
     T = len(y)
     s2e, s2l, s2s = 15099.0, 1469.1, 10.0
-    ref = sm.tsa.UnobservedComponents(y, "lltrend", use_exact_diffuse=True).loglike(
-        [s2e, s2l, s2s]
-    )
+    ref = sm.tsa.UnobservedComponents(y, "lltrend", use_exact_diffuse=True).loglike([s2e, s2l, s2s])
     A = np.broadcast_to(np.array([[1.0, 1.0], [0.0, 1.0]]), (T, 2, 2)).copy()
     A[0] = np.eye(2)
     Q = np.broadcast_to(np.diag([s2l, s2s]), (T, 2, 2)).copy()
     Q[0] = 0.0
-    ssm = DiscreteSSM(A, np.zeros((T, 2)), Q, np.broadcast_to([[1.0, 0.0]], (T, 1, 2)),
-                      np.zeros((T, 1)), np.full((T, 1, 1), s2e), np.zeros(2), np.zeros((2, 2)))
+    ssm = DiscreteSSM(
+        A,
+        np.zeros((T, 2)),
+        Q,
+        np.broadcast_to([[1.0, 0.0]], (T, 1, 2)),
+        np.zeros((T, 1)),
+        np.full((T, 1, 1), s2e),
+        np.zeros(2),
+        np.zeros((2, 2)),
+    )
     got = filter_ssm(ssm, y[:, None], diffuse_mask=np.array([True, True]))
     np.testing.assert_allclose(float(got.log_likelihood), ref, rtol=1e-8)
     g = jax.grad(loglik_fn(y[:, None], "sequential", diffuse_mask=np.array([True, True])))(
@@ -394,20 +420,19 @@ def test_dynamax_filter_and_smoother():
     ref_s = lgssm_smoother(params, jnp.asarray(y))
     for method in METHODS:
         r = filter_ssm(ssm, y, method)
-        np.testing.assert_allclose(float(r.log_likelihood), float(ref.marginal_loglik),
-                                   rtol=1e-9)
+        np.testing.assert_allclose(float(r.log_likelihood), float(ref.marginal_loglik), rtol=1e-9)
         np.testing.assert_allclose(r.filtered_mean, ref.filtered_means, rtol=1e-8, atol=1e-9)
-        np.testing.assert_allclose(r.filtered_cov, ref.filtered_covariances, rtol=1e-8,
-                                   atol=1e-9)
+        np.testing.assert_allclose(r.filtered_cov, ref.filtered_covariances, rtol=1e-8, atol=1e-9)
         for smethod in ("sequential", "parallel"):
             s = rts_smoother_ssm(ssm, r, smethod)
-            np.testing.assert_allclose(s.smoothed_mean, ref_s.smoothed_means, rtol=1e-8,
-                                       atol=1e-9)
-            np.testing.assert_allclose(s.smoothed_cov, ref_s.smoothed_covariances, rtol=1e-8,
-                                       atol=1e-9)
+            np.testing.assert_allclose(s.smoothed_mean, ref_s.smoothed_means, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(
+                s.smoothed_cov, ref_s.smoothed_covariances, rtol=1e-8, atol=1e-9
+            )
             outer = jnp.einsum("ti,tj->tij", s.smoothed_mean[:-1], s.smoothed_mean[1:])
-            np.testing.assert_allclose(s.smoothed_cross_cov + outer,
-                                       ref_s.smoothed_cross_covariances, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(
+                s.smoothed_cross_cov + outer, ref_s.smoothed_cross_covariances, rtol=1e-8, atol=1e-9
+            )
 
 
 @pytest.mark.parametrize("smethod", ["sequential", "parallel"])
@@ -455,8 +480,13 @@ def test_gradients_at_zero_length_steps_are_finite_and_agree():
     for meth in METHODS:
         for name, g in zip(DiscreteSSM._fields, grads[meth], strict=True):
             assert bool(jnp.all(jnp.isfinite(g))), (meth, name)
-            np.testing.assert_allclose(g, getattr(grads["sequential"], name), rtol=1e-7,
-                                       atol=1e-9, err_msg=f"{meth} {name}")
+            np.testing.assert_allclose(
+                g,
+                getattr(grads["sequential"], name),
+                rtol=1e-7,
+                atol=1e-9,
+                err_msg=f"{meth} {name}",
+            )
     # and the sequential gradient is the directional derivative in PSD directions
     f = loglik_fn(y, "sequential")
     check_grads(f, (ssm,), order=1, modes=("fwd", "rev"))
@@ -511,8 +541,9 @@ def test_simulate_moments():
     sim = simulate_ssm(ssm, jax.random.PRNGKey(1), n_samples=N)
     assert sim.states.shape == (N, T, n) and sim.observations.shape == (N, T, m)
     mx, V, my, Syy, Sxy, _ = dense_joint(ssm)
-    z = np.concatenate([np.asarray(sim.states).reshape(N, -1),
-                        np.asarray(sim.observations).reshape(N, -1)], axis=1)
+    z = np.concatenate(
+        [np.asarray(sim.states).reshape(N, -1), np.asarray(sim.observations).reshape(N, -1)], axis=1
+    )
     mean = np.concatenate([mx, my])
     cov = np.block([[V, Sxy], [Sxy.T, Syy]])
     sd = np.sqrt(np.diag(cov))
@@ -542,8 +573,12 @@ def test_forecast_matches_dense_moments():
     y = rng.normal(size=(2 * T, m))
     both = random_ssm(rng, 2 * T, n, m)
     r_all = filter_ssm(both, np.concatenate([y[:T], np.full((T, m), np.nan)]))
-    r_obs = filter_ssm(jax.tree_util.tree_map(lambda a: a, both._replace(
-        **{f: getattr(both, f)[:T] for f in DiscreteSSM._fields[:6]})), y[:T])
+    r_obs = filter_ssm(
+        jax.tree_util.tree_map(
+            lambda a: a, both._replace(**{f: getattr(both, f)[:T] for f in DiscreteSSM._fields[:6]})
+        ),
+        y[:T],
+    )
     future = both._replace(**{f: getattr(both, f)[T:] for f in DiscreteSSM._fields[:6]})
     fc2 = forecast_ssm(future, r_obs.filtered_mean[-1], r_obs.filtered_cov[-1])
     np.testing.assert_allclose(fc2.state_mean, r_all.predicted_mean[T:], rtol=1e-10)
@@ -668,9 +703,14 @@ def test_bad_input_raises_value_error():
 def test_integer_input_is_promoted_and_float32_is_kept():
     T = 4
     ssm = DiscreteSSM(
-        np.ones((T, 1, 1), int), np.zeros((T, 1), int), np.ones((T, 1, 1), int),
-        np.ones((T, 1, 1), int), np.zeros((T, 1), int), np.ones((T, 1, 1), int),
-        np.zeros(1, int), np.ones((1, 1), int),
+        np.ones((T, 1, 1), int),
+        np.zeros((T, 1), int),
+        np.ones((T, 1, 1), int),
+        np.ones((T, 1, 1), int),
+        np.zeros((T, 1), int),
+        np.ones((T, 1, 1), int),
+        np.zeros(1, int),
+        np.ones((1, 1), int),
     )
     y = np.arange(T)[:, None]
     ref = dense_loglik(DiscreteSSM(*[np.asarray(x, float) for x in ssm]), y.astype(float))
@@ -678,7 +718,8 @@ def test_integer_input_is_promoted_and_float32_is_kept():
         r = filter_ssm(ssm, y, method)
         assert isinstance(r, FilterResult)
         np.testing.assert_allclose(float(r.log_likelihood), ref, rtol=1e-12)
-        r32 = filter_ssm(DiscreteSSM(*[np.asarray(x, np.float32) for x in ssm]),
-                         y.astype(np.float32), method)
+        r32 = filter_ssm(
+            DiscreteSSM(*[np.asarray(x, np.float32) for x in ssm]), y.astype(np.float32), method
+        )
         assert r32.log_likelihood.dtype == jnp.float32
         assert r32.filtered_cov.dtype == jnp.float32

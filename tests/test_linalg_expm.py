@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from kalmanad.linalg import expm, expm_frechet
+
 expm_module = importlib.import_module("kalmanad.linalg.expm")
 
 
@@ -38,20 +39,18 @@ def scipy_frechet(a, e):
 # --------------------------------------------------------------------------------------
 def _case(name):
     rng = rng_for(sum(map(ord, name)))
-    if name == "random_3":
-        return rng.standard_normal((3, 3))
-    if name == "random_6":
-        return rng.standard_normal((6, 6))
+    if name == "random":
+        return rng.standard_normal((5, 5))
     if name == "random_small_norm":  # low Padé degrees (3, 5, 7)
         return 0.05 * rng.standard_normal((5, 5))
     if name == "nonnormal":  # large strictly upper triangle
         return np.triu(rng.standard_normal((5, 5))) + np.triu(50 * rng.standard_normal((5, 5)), 1)
     if name == "nonnormal_stable":
-        return -np.eye(4) + np.triu(20 * rng.standard_normal((4, 4)), 1)
+        return -np.eye(5) + np.triu(20 * rng.standard_normal((5, 5)), 1)
     if name == "tiny":
-        return 1e-8 * rng.standard_normal((4, 4))
+        return 1e-8 * rng.standard_normal((5, 5))
     if name == "zero":
-        return np.zeros((3, 3))
+        return np.zeros((5, 5))
     if name == "one_by_one":
         return np.array([[0.7]])
     if name == "one_by_one_neg":
@@ -63,14 +62,13 @@ def _case(name):
         a = rng.standard_normal((5, 5))
         return 50 * a / np.linalg.norm(a, 1)
     if name == "norm_50_stable":
-        a = rng.standard_normal((6, 6))
-        return -20 * np.eye(6) + 30 * a / np.linalg.norm(a, 1)
+        a = rng.standard_normal((5, 5))
+        return -20 * np.eye(5) + 30 * a / np.linalg.norm(a, 1)
     raise KeyError(name)
 
 
 WELL_BEHAVED = [
-    "random_3",
-    "random_6",
+    "random",
     "random_small_norm",
     "nonnormal",
     "nonnormal_stable",
@@ -100,17 +98,17 @@ def test_expm_tiny_is_identity_plus_a():
     a = _case("tiny")
     # e^a = I + a + a²/2 + O(1e-24): the first-order term must be resolved, not lost.
     x = np.asarray(expm(a))
-    np.testing.assert_allclose(x - np.eye(4), a + a @ a / 2, rtol=1e-7, atol=1e-22)
+    np.testing.assert_allclose(x - np.eye(5), a + a @ a / 2, rtol=1e-7, atol=1e-22)
 
 
 def test_expm_norm_1e3():
     # -I + S with S skew-symmetric: e^A = e^-1 Q, Q orthogonal, a finite result at ‖A‖₁ ≈ 1e3.
     rng = rng_for(1000)
-    s = rng.standard_normal((4, 4))
+    s = rng.standard_normal((5, 5))
     s = s - s.T
-    a = -np.eye(4) + 1e3 * s / np.linalg.norm(s, 1)
+    a = -np.eye(5) + 1e3 * s / np.linalg.norm(s, 1)
     x = np.asarray(expm(a))
-    np.testing.assert_allclose(x @ x.T, np.exp(-2.0) * np.eye(4), atol=1e-11)
+    np.testing.assert_allclose(x @ x.T, np.exp(-2.0) * np.eye(5), atol=1e-11)
     # The condition number of e^A grows like ‖A‖, so the bound is looser than above.
     assert rel1(x, sl.expm(a)) <= 1e-10
     rot = np.array([[0.0, 1e3], [-1e3, 0.0]])
@@ -144,10 +142,10 @@ def test_expm_batched_equals_per_matrix():
 
 def test_vmap_mixed_norms_per_matrix_accuracy():
     rng = rng_for(8)
-    norms = np.array([1e-8, 1e-3, 0.1, 0.5, 1.5, 3.0, 8.0, 50.0, 300.0])
-    a = rng.standard_normal((len(norms), 4, 4))
+    norms = np.array([1e-8, 1e-3, 0.1, 0.5, 1.5, 8.0, 50.0, 300.0])
+    a = rng.standard_normal((len(norms), 5, 5))
     a = a / np.linalg.norm(a, 1, axis=(-2, -1))[:, None, None] * norms[:, None, None]
-    x = jax.jit(jax.vmap(expm))(a)
+    x = jax.vmap(expm)(a)
     for k in range(len(norms)):
         assert rel1(x[k], sl.expm(a[k])) <= (1e-12 if norms[k] <= 50 else 1e-10)
 
@@ -175,7 +173,8 @@ def test_vmap_pays_for_one_pade_branch():
 
 def test_expm_float32():
     rng = rng_for(32)
-    for n, scale in [(3, 0.1), (4, 1.0), (6, 3.0)]:
+    n = 5
+    for scale in [0.1, 1.0, 4.0]:  # degrees 3, 5 and 7 with squarings
         a = rng.standard_normal((n, n)) * scale / np.sqrt(n)
         x = expm(jnp.asarray(a, jnp.float32))
         assert x.dtype == jnp.float32
@@ -190,17 +189,17 @@ def test_expm_float32():
 
 
 def test_expm_half_precision_computed_in_float32():
-    a = np.array([[0.5, 1.0], [-0.25, 0.0]])
-    x = expm(jnp.asarray(a, jnp.float16))
+    a = np.asarray(_case("random") / 5, np.float16)
+    x = expm(a)
     assert x.dtype == jnp.float16
-    assert rel1(x, sl.expm(a)) <= 2e-3
+    assert rel1(x, sl.expm(a.astype(np.float64))) <= 2e-3
 
 
 # --------------------------------------------------------------------------------------
 # Fréchet derivative
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "name", ["random_3", "random_6", "random_small_norm", "nonnormal_stable", "tiny", "norm_10"]
+    "name", ["random", "random_small_norm", "nonnormal_stable", "tiny", "norm_10", "norm_50"]
 )
 def test_expm_frechet_matches_scipy_and_block_identity(name):
     a = _case(name)
@@ -214,16 +213,17 @@ def test_expm_frechet_matches_scipy_and_block_identity(name):
 
 def test_expm_frechet_broadcasts_batch_dims():
     rng = rng_for(12)
-    a = rng.standard_normal((3, 3))
-    e = rng.standard_normal((2, 4, 3, 3))
-    ell = np.asarray(expm_frechet(a, e))
-    assert ell.shape == (2, 4, 3, 3)
+    a = rng.standard_normal((5, 5))
+    e = rng.standard_normal((2, 4, 5, 5))
+    ell = np.asarray(expm_frechet(a, e))  # one forward pass, eight directions
+    assert ell.shape == (2, 4, 5, 5)
     for idx in np.ndindex(2, 4):
         assert rel1(ell[idx], scipy_frechet(a, e[idx])) <= 1e-12
-    a_batch = rng.standard_normal((4, 3, 3))
-    ell = np.asarray(expm_frechet(a_batch, e))
+    a_batch = rng.standard_normal((2, 4, 5, 5))
+    ell = np.asarray(expm_frechet(a_batch, e[0, 0]))
+    assert ell.shape == (2, 4, 5, 5)
     for idx in np.ndindex(2, 4):
-        assert rel1(ell[idx], scipy_frechet(a_batch[idx[1]], e[idx])) <= 1e-12
+        assert rel1(ell[idx], scipy_frechet(a_batch[idx], e[0, 0])) <= 1e-12
 
 
 def test_frechet_with_residuals_of_different_degrees_under_vmap():
@@ -252,9 +252,8 @@ def test_frechet_with_residuals_of_different_degrees_under_vmap():
     [
         np.array([[0.3, -0.2, 0.1], [0.5, -0.4, 0.2], [0.0, 0.3, 0.1]]),  # low degree, s = 0
         rng_for(21).standard_normal((3, 3)) * 3.0,  # degree 13 with squarings
-        rng_for(22).standard_normal((2, 2, 2)),  # batched, unrolled small-n path
     ],
-    ids=["low_degree", "squarings", "batched"],
+    ids=["low_degree", "squarings"],
 )
 def test_check_grads_expm(a):
     check_grads(expm, (a,), order=2, modes=["fwd", "rev"])
@@ -262,12 +261,12 @@ def test_check_grads_expm(a):
 
 def test_check_grads_expm_frechet():
     rng = rng_for(23)
-    a = rng.standard_normal((3, 3)) * 1.5
-    e = rng.standard_normal((3, 3))
+    a = rng.standard_normal((2, 2)) * 1.5
+    e = rng.standard_normal((2, 2))
     check_grads(expm_frechet, (a, e), order=2, modes=["fwd", "rev"])
 
 
-@pytest.mark.parametrize("n,scale", [(2, 1.0), (4, 0.3), (5, 4.0), (8, 2.0)])
+@pytest.mark.parametrize("n,scale", [(2, 1.0), (3, 0.3), (3, 4.0), (5, 2.0)])
 def test_reverse_rule_is_frechet_at_transpose(n, scale):
     rng = rng_for(n, 24)
     a = rng.standard_normal((n, n)) * scale
@@ -306,12 +305,12 @@ def test_transformations_agree():
 
 def test_vmap_of_grad_matches_per_matrix():
     rng = rng_for(26)
-    norms = np.array([0.01, 0.4, 2.0, 7.0, 60.0])
-    a = rng.standard_normal((5, 4, 4))
+    norms = np.array([0.01, 0.1, 0.4, 1.0, 2.0, 7.0, 60.0, 200.0])
+    a = rng.standard_normal((8, 5, 5))
     a = a / np.linalg.norm(a, 1, axis=(-2, -1))[:, None, None] * norms[:, None, None]
-    w = rng.standard_normal((5, 4, 4))
-    g = jax.jit(jax.vmap(jax.grad(lambda m, v: jnp.sum(v * expm(m)))))(a, w)
-    for k in range(5):
+    w = rng.standard_normal((8, 5, 5))
+    g = jax.vmap(jax.grad(lambda m, v: jnp.sum(v * expm(m))))(a, w)
+    for k in range(8):
         assert rel1(g[k], scipy_frechet(a[k].T, w[k])) <= 1e-11
 
 
@@ -326,7 +325,7 @@ def _matrix(n, bound):
     ).map(lambda v: np.array(v).reshape(n, n))
 
 
-matrices = st.integers(1, 4).flatmap(lambda n: _matrix(n, 3.0))
+matrices = st.integers(1, 3).flatmap(lambda n: _matrix(n, 3.0))
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -340,7 +339,9 @@ def test_property_inverse(a):
 
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(
-    st.integers(1, 4).flatmap(lambda n: st.tuples(_matrix(n, 3.0), _matrix(n, 1.0), _matrix(n, 1.0))),
+    st.integers(1, 3).flatmap(
+        lambda n: st.tuples(_matrix(n, 3.0), _matrix(n, 1.0), _matrix(n, 1.0))
+    ),
     st.floats(-2, 2),
     st.floats(-2, 2),
 )
@@ -400,7 +401,7 @@ def test_empty_batch():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_input_gives_nonfinite_output_quickly(bad):
     f = jax.jit(expm)
-    a = _case("random_3")
+    a = _case("random")
     f(a).block_until_ready()  # compile
     a_bad = a.copy()
     a_bad[0, 1] = bad

@@ -27,16 +27,15 @@ the remaining steps run the ordinary sequential filter from ``(a, P_*)``.
 
 from __future__ import annotations
 
-from functools import partial
-
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kalmanad.filter._common import LOG_2PI, finite_scalar, safe_cholesky, symmetrize, tri_solve
+from kalmanad.filter._common import finite_scalar, safe_cholesky, symmetrize, tri_solve
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.sequential import _step as _sequential_step
 from kalmanad.filter.sequential import setup
@@ -143,7 +142,7 @@ def filter_diffuse(ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int) -> Fil
 def _diffuse_step(carry, inp, obs, tol):
     """One diffuse-window step: predict both parts, then the univariate updates."""
     a, Ps, Pinf, ok = carry
-    A, b, Q, H, d, R, y0, n_obs = inp
+    A, b, Q, H, d, R, y0, _ = inp
     n = a.shape[-1]
     eye = jnp.eye(n, dtype=a.dtype)
     a_p = A @ a + b

@@ -32,9 +32,9 @@ from jax import lax
 from kalmanad.filter._common import (
     LOG_2PI,
     first_bad_mask,
-    lu_solve,
     mT,
     safe_cholesky,
+    solve,
     symmetrize,
     tri_solve,
 )
@@ -64,19 +64,15 @@ def _combine(ei, ej):
     """Associative operator; ``ei`` is the earlier element (batched over axis 0)."""
     A1, b1, C1, eta1, J1 = ei
     A2, b2, C2, eta2, J2 = ej
-    n = A1.shape[-1]
-    eye = jnp.eye(n, dtype=A1.dtype)
-    # One LU of I + C_i J_j serves M = (I + C_i J_j)⁻¹ and Mᵀ = (I + J_j C_i)⁻¹.
-    lu, _, perm = lax.linalg.lu(eye + C1 @ J2)
-    rhs = jnp.concatenate([A1, (b1 + (C1 @ eta2[..., None])[..., 0])[..., None], C1], axis=-1)
-    X = lu_solve(lu, perm, rhs)  # M [A_i, b_i + C_i η_j, C_i]
-    A = A2 @ X[..., :n]
-    b = (A2 @ X[..., n : n + 1])[..., 0] + b2
-    C = symmetrize(A2 @ X[..., n + 1 :] @ mT(A2)) + C2
-    rhs2 = jnp.concatenate([(eta2 - (J2 @ b1[..., None])[..., 0])[..., None], J2 @ A1], axis=-1)
-    Y = lu_solve(lu, perm, rhs2, transpose=True)  # Mᵀ [η_j − J_j b_i, J_j A_i]
-    eta = (mT(A1) @ Y[..., :1])[..., 0] + eta1
-    J = symmetrize(mT(A1) @ Y[..., 1:]) + J1
+    eye = jnp.eye(A1.shape[-1], dtype=A1.dtype)
+    M = solve(eye + C1 @ J2, eye)  # (I + C_i J_j)⁻¹; Mᵀ = (I + J_j C_i)⁻¹
+    A2M = A2 @ M
+    A = A2M @ A1
+    b = (A2M @ (b1 + (C1 @ eta2[..., None])[..., 0])[..., None])[..., 0] + b2
+    C = symmetrize(A2M @ C1 @ mT(A2)) + C2
+    MA1t = mT(M @ A1)  # A_iᵀ Mᵀ
+    eta = (MA1t @ (eta2 - (J2 @ b1[..., None])[..., 0])[..., None])[..., 0] + eta1
+    J = symmetrize(MA1t @ J2 @ A1) + J1
     return A, b, C, eta, J
 
 

@@ -25,6 +25,8 @@ from kalmanad.filter._common import (
     LOG_2PI,
     finite_scalar,
     mask_missing,
+    mm,
+    mv,
     safe_cholesky,
     sanitize_inputs,
     symmetrize,
@@ -44,8 +46,9 @@ def setup(ssm: DiscreteSSM, y):
     y_fin = jnp.where(jnp.isinf(y), 0.0, y)  # inf is invalid, not missing
     ok_y = ~jnp.isinf(y).any()
     ssm, ok = sanitize_inputs(ssm, jnp.zeros((), y.dtype))
-    y0, H, d, R, n_obs = mask_missing(y_fin, ssm.observation, ssm.observation_offset,
-                                      ssm.observation_cov)
+    y0, H, d, R, n_obs = mask_missing(
+        y_fin, ssm.observation, ssm.observation_offset, ssm.observation_cov
+    )
     ssm = ssm._replace(observation=H, observation_offset=d, observation_cov=R)
     return ssm, y0, n_obs, ok & ok_y
 
@@ -53,15 +56,15 @@ def setup(ssm: DiscreteSSM, y):
 def update(m_p, P_p, H, d, R, y0, n_obs):
     """Kalman update in the fused Cholesky form; returns ``(m, P, ll, ok)``."""
     n = m_p.shape[-1]
-    HP = H @ P_p  # (m, n)
-    S = HP @ H.T + R
+    HP = mm(H, P_p)  # (m, n)
+    S = mm(HP, H.T) + R
     L, ok = safe_cholesky(S)
-    v = y0 - H @ m_p - d
+    v = y0 - mv(H, m_p) - d
     X = tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1))  # L⁻¹ [H P⁻, v]
     W, z = X[:, :n], X[:, n]
     ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L)))
-    m_f = m_p + W.T @ z
-    P_f = P_p - W.T @ W
+    m_f = m_p + mv(W.T, z)
+    P_f = P_p - mm(W.T, W)
     return m_f, P_f, ll, ok
 
 
@@ -70,8 +73,8 @@ def _step(carry, inp):
     A, b, Q, H, d, R, y0, n_obs = inp
     n = m.shape[-1]
     eye = jnp.eye(n, dtype=m.dtype)
-    m_p = A @ m + b
-    P_p = symmetrize(A @ P @ A.T) + Q
+    m_p = mv(A, m) + b
+    P_p = symmetrize(mm(mm(A, P), A.T)) + Q
     # Guard an overflow in the prediction before it is used (finite primal values keep
     # every cotangent finite when the step is masked out below).
     ok_p = finite_scalar(m_p, P_p)

@@ -112,7 +112,7 @@ def rts_smoother_ssm(ssm: DiscreteSSM, filter_result: FilterResult, method: str 
     A = A.astype(dtype)
     T = A.shape[0]
     if T == 1:
-        z = jnp.zeros((0,) + A.shape[1:], dtype)
+        z = jnp.zeros((0, *A.shape[1:]), dtype)
         return SmootherResult(m_f, filter_result.filtered_cov, z, z)
     return _smooth(A, filter_result, method)
 
@@ -125,4 +125,3 @@ def _smooth(A, fr: FilterResult, method: str) -> SmootherResult:
     m_s = jnp.concatenate([m_s, fr.filtered_mean[-1:]], axis=0)
     P_s = jnp.concatenate([P_s, fr.filtered_cov[-1:]], axis=0)
     return SmootherResult(m_s, P_s, cross, G)
-

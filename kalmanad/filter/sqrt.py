@@ -93,7 +93,7 @@ def _core(A, P, L, Q, GQ, H, R, GR):
 
 @_core.defjvp
 def _core_jvp(primals, tangents):
-    A, P, L, Q, GQ, H, R, GR = primals
+    A, P, _, Q, _, H, _, _ = primals
     dA, dP, _, dQ, _, dH, dR, _ = tangents
     L_S, Kb, L_f, P_f, okf = _core(*primals)
     ok = okf > 0

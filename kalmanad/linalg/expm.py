@@ -41,6 +41,8 @@ References:
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,7 +296,10 @@ def _dpade13(a, e, a2, a4, a6, w):
     return lu, lv
 
 
-_PADE = {jnp.float64: (_pade3, _pade5, _pade7, _pade9, _pade13), jnp.float32: (_pade3, _pade5, _pade7)}
+_PADE = {
+    jnp.float64: (_pade3, _pade5, _pade7, _pade9, _pade13),
+    jnp.float32: (_pade3, _pade5, _pade7),
+}
 _DPADE = {
     jnp.float64: (_dpade3, _dpade5, _dpade7, _dpade9, _dpade13),
     jnp.float32: (_dpade3, _dpade5, _dpade7),
@@ -323,7 +328,9 @@ def _lu_unrolled(q):
         row_k = q[:, k, :]
         row_p = jnp.take_along_axis(q, p[:, None, None], axis=1)[:, 0, :]
         at_k, at_p = (idx == k)[None, :], idx[None, :] == p[:, None]
-        q = jnp.where(at_k[..., None], row_p[:, None, :], jnp.where(at_p[..., None], row_k[:, None, :], q))
+        q = jnp.where(
+            at_k[..., None], row_p[:, None, :], jnp.where(at_p[..., None], row_k[:, None, :], q)
+        )
         perm_k = perm[:, k]
         perm_p = jnp.take_along_axis(perm, p[:, None], axis=1)[:, 0]
         perm = jnp.where(at_k, perm_p[:, None], jnp.where(at_p, perm_k[:, None], perm))
@@ -390,16 +397,23 @@ def _choose(a):
     # Only the top degree scales; below it every norm is already under its theta.
     # A finite norm needs s <= max exponent + a few, so the clip only guards the loop.
     s = jnp.ceil(jnp.log2(jnp.maximum(norms, thetas[-1]) / thetas[-1]))
-    s_cap = 2 * jnp.finfo(dtype).maxexp
+    s_cap = jnp.finfo(dtype).maxexp + 8
     s = jnp.clip(jnp.where(finite, s, 0.0), 0, s_cap).astype(jnp.int32)
     return deg, s
+
+
+def _masked(j, s, new, old):
+    """new where matrix i is still squaring (j < s_i), else old; a no-op for one matrix."""
+    if new.shape[0] == 1:  # the loop runs exactly s times
+        return new
+    return jnp.where((j < s)[:, None, None], new, old)
 
 
 def _squarings(r, s):
     """X ← X² for each matrix while its counter is below s (max(s) iterations)."""
 
     def body(j, x):
-        return jnp.where((j < s)[:, None, None], _mm(x, x), x)
+        return _masked(j, s, _mm(x, x), x)
 
     return lax.fori_loop(0, jnp.max(s), body, r)
 
@@ -425,15 +439,19 @@ def _frechet_impl(a, deg, s, p2, p4, p6, p8, lu, perm, r, e, *, transpose):
     ell = _lu_solve(lu, perm, rhs, transpose)
 
     # Differentiated squaring: L ← X L + L X, X ← X², recomputing X from R (O(n²) memory).
+    # The last step needs no X², so it is taken outside the loop.
+    smax = jnp.max(s)
+
     def body(j, carry):
         x, ell = carry
-        on = (j < s)[:, None, None]
-        ell_new = _sym2(x, ell, ell, x)
-        x_new = _mm(x, x)
-        return jnp.where(on, x_new, x), jnp.where(on, ell_new, ell)
+        return _masked(j, s, _mm(x, x), x), _masked(j, s, _sym2(x, ell, ell, x), ell)
 
-    _, ell = lax.fori_loop(0, jnp.max(s), body, (r, ell))
-    return ell
+    x, ell = lax.fori_loop(0, smax - 1, body, (r, ell))
+
+    def last(x, ell):
+        return _masked(smax - 1, s, _sym2(x, ell, ell, x), ell)
+
+    return lax.cond(smax > 0, last, lambda x, ell: ell, x, ell)
 
 
 # --------------------------------------------------------------------------------------
@@ -560,15 +578,21 @@ def _fwd_batch(args, dims):
     return outs, out_dims
 
 
+@partial(jax.jit, static_argnums=(1, 2))
+def _frechet_mapped_degree(args, dims, transpose):
+    return jax.vmap(partial(_frechet_impl, transpose=transpose), in_axes=dims)(*args)
+
+
 def _frechet_batch(args, dims, *, transpose):
     deg_dim = dims[1]
     size = next(x.shape[d] for x, d in zip(args, dims, strict=True) if d is not None)
     if deg_dim is not None:
         # Residuals of separate forward passes with different degrees: correct, but every
         # branch is evaluated (only reachable by vmapping over stored residuals).
-        fn = jax.vmap(lambda *xs: _frechet_impl(*xs, transpose=transpose), in_axes=dims)
-        return fn(*args), 0
-    merged = [x if i == 1 else _merge(x, d, size) for i, (x, d) in enumerate(zip(args, dims, strict=True))]
+        return _frechet_mapped_degree(tuple(args), tuple(dims), transpose), 0
+    merged = [
+        x if i == 1 else _merge(x, d, size) for i, (x, d) in enumerate(zip(args, dims, strict=True))
+    ]
     return _split(_frechet_p.bind(*merged, transpose=transpose), size), 0
 
 
