@@ -136,7 +136,8 @@ def _validity(model: LinearSDE, batch: tuple[int, ...]):
     mbatch = model_batch_shape(model)
     if not mbatch:
         return jnp.broadcast_to(model.is_valid(), batch)
-    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[len(mbatch) :])), model)
+    size = math.prod(mbatch)  # not -1: input-effect leaves can have zero size
+    flat = jax.tree.map(lambda x: x.reshape((size, *x.shape[len(mbatch) :])), model)
     ok = jax.vmap(LinearSDE.is_valid)(flat).reshape(mbatch)
     return jnp.broadcast_to(ok, batch)
 

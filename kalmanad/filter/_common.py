@@ -321,20 +321,57 @@ def _cholesky_jvp(primals, tangents):
 def safe_cholesky(s):
     """Lower Cholesky factor of symmetric ``s`` (..., m, m) and a PD flag (...,).
 
-    Where ``s`` is not positive-definite or not finite, the factor is replaced by the
-    identity (and its tangent by zero), so downstream arithmetic and every derivative
-    stay finite; the caller turns ``ok == False`` into a ``-inf`` log-likelihood.
-    For m = 1 it is a guarded square root (no LAPACK call on the hot path).
+    Where ``s`` is not positive-definite or not finite, the factor is replaced by a
+    finite placeholder (and its tangent by zero), so downstream arithmetic and every
+    derivative stay finite; the caller turns ``ok == False`` into a ``-inf``
+    log-likelihood. Reads the lower triangle of ``s``.
+
+    For m <= SMALL the factorisation is unrolled into element-wise operations with a
+    guarded square root at each pivot (no library call, no reduction: XLA fuses it
+    with the rest of a filter step). Beyond, LAPACK with a NaN-safe tangent rule.
     """
-    if s.shape[-1] == 1:
-        ok = (s[..., 0, 0] > 0) & jnp.isfinite(s[..., 0, 0])
-        l = jnp.sqrt(jnp.where(ok[..., None, None], s, 1.0))
+    m = s.shape[-1]
+    if m > SMALL:
+        l = _cholesky(s)
+        d = jnp.diagonal(l, axis1=-2, axis2=-1)
+        ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
+        l = jnp.where(ok[..., None, None], l, jnp.eye(m, dtype=s.dtype))
         return l, ok
-    l = _cholesky(s)
-    d = jnp.diagonal(l, axis1=-2, axis2=-1)
-    ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
-    l = jnp.where(ok[..., None, None], l, jnp.eye(s.shape[-1], dtype=s.dtype))
+    ok = jnp.ones(s.shape[:-2], bool)
+    cols = [[None] * m for _ in range(m)]  # cols[i][j] = L_ij
+    zero = jnp.zeros(s.shape[:-2], s.dtype)
+    for j in range(m):
+        a = s[..., j, j]
+        for k in range(j):
+            a = a - cols[j][k] * cols[j][k]
+        good = (a > 0) & jnp.isfinite(a)
+        ok = ok & good
+        d = jnp.sqrt(jnp.where(good, a, 1.0))
+        cols[j][j] = d
+        for i in range(j + 1, m):
+            b = s[..., i, j]
+            for k in range(j):
+                b = b - cols[i][k] * cols[j][k]
+            b = b / d
+            fin = jnp.isfinite(b)
+            ok = ok & fin
+            cols[i][j] = jnp.where(fin, b, 0.0)
+        for i in range(j):
+            cols[i][j] = zero
+    l = jnp.stack([jnp.stack(row, axis=-1) for row in cols], axis=-2)
     return l, ok
+
+
+def guard(x):
+    """``(x with non-finite entries set to 0, all-finite flag)``.
+
+    Element-wise (no reduction feeds the selected values), so it fuses into a filter
+    step; the flag is reduced separately and only carried. Every value a later
+    operation uses in its derivative is then finite: with the caller masking the
+    output where the flag is False, no NaN reaches any gradient.
+    """
+    fin = jnp.isfinite(x)
+    return jnp.where(fin, x, 0.0), jnp.all(fin)
 
 
 # Largest size solved by unrolled substitution rather than LAPACK/XLA: XLA's CPU

@@ -23,7 +23,7 @@ from jax import lax
 
 from kalmanad.filter._common import (
     LOG_2PI,
-    finite_scalar,
+    guard,
     mask_missing,
     mm,
     mv,
@@ -54,38 +54,32 @@ def setup(ssm: DiscreteSSM, y):
 
 
 def update(m_p, P_p, H, d, R, y0, n_obs):
-    """Kalman update in the fused Cholesky form; returns ``(m, P, ll, ok)``."""
+    """Kalman update in the fused Cholesky form; returns ``(m, P, ll, ok)``.
+
+    Every intermediate that could overflow is guarded (see ``guard``), so the result
+    and its derivatives are finite; ``ok`` says whether the step was valid.
+    """
     n = m_p.shape[-1]
     HP = mm(H, P_p)  # (m, n)
     S = mm(HP, H.T) + R
     L, ok = safe_cholesky(S)
     v = y0 - mv(H, m_p) - d
-    X = tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1))  # L⁻¹ [H P⁻, v]
+    X, ok_x = guard(tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1)))  # L⁻¹[HP⁻, v]
     W, z = X[:, :n], X[:, n]
-    ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L)))
-    m_f = m_p + mv(W.T, z)
-    P_f = P_p - mm(W.T, W)
-    return m_f, P_f, ll, ok
+    logdet_half = jnp.log(jnp.diagonal(L))
+    ll, ok_l = guard(-0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(logdet_half))
+    m_f, ok_m = guard(m_p + mv(W.T, z))
+    P_f, ok_p = guard(P_p - mm(W.T, W))
+    return m_f, P_f, ll, ok & ok_x & ok_l & ok_m & ok_p
 
 
 def _step(carry, inp):
     m, P, ok = carry
     A, b, Q, H, d, R, y0, n_obs = inp
-    n = m.shape[-1]
-    eye = jnp.eye(n, dtype=m.dtype)
-    m_p = mv(A, m) + b
-    P_p = symmetrize(mm(mm(A, P), A.T)) + Q
-    # Guard an overflow in the prediction before it is used (finite primal values keep
-    # every cotangent finite when the step is masked out below).
-    ok_p = finite_scalar(m_p, P_p)
-    m_p = jnp.where(ok_p, m_p, 0.0)
-    P_p = jnp.where(ok_p, P_p, eye)
-    m_f, P_f, ll, ok_s = update(m_p, P_p, H, d, R, y0, n_obs)
-    good = ok_p & ok_s & finite_scalar(m_f, P_f, ll)
-    m_f = jnp.where(good, m_f, 0.0)
-    P_f = jnp.where(good, P_f, eye)
-    ll = jnp.where(good, ll, 0.0)
-    ok = ok & good
+    m_p, ok_m = guard(mv(A, m) + b)
+    P_p, ok_p = guard(symmetrize(mm(mm(A, P), A.T)) + Q)
+    m_f, P_f, ll, ok_u = update(m_p, P_p, H, d, R, y0, n_obs)
+    ok = ok & ok_m & ok_p & ok_u
     return (m_f, P_f, ok), (m_p, P_p, m_f, P_f, ll, ok)
 
 
