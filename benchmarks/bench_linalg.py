@@ -149,33 +149,39 @@ def _kron_lyapunov(a, q):
     return jax.vmap(_kron_lyapunov_one)(a, q)
 
 
-def _value_and_grad(f, w):
-    """value_and_grad of sum(W * f(*args)) w.r.t. every argument, jitted."""
+def _value_and_grad(f):
+    """``(*args, w) ↦ value_and_grad`` of ``sum(w * f(*args))`` w.r.t. every arg, jitted.
 
-    def loss(*args):
-        return jnp.sum(w * f(*args))
-
-    return jax.jit(lambda *args: jax.value_and_grad(loss, argnums=tuple(range(len(args))))(*args))
-
-
-def _block_expm_value_and_grad(w):
-    """2n block method: expm([[Aᵀ, W], [0, Aᵀ]]) = [[e^Aᵀ, L(Aᵀ, W)], [0, e^Aᵀ]].
-
-    Returns (sum(W * e^A), L(Aᵀ, W)): the value and the gradient of sum(W * e^A).
+    ``w`` is an argument, not a closed-over constant, so XLA cannot constant-fold any
+    part of the gradient at compile time.
     """
 
-    def vg(a):
-        at = jnp.swapaxes(a, -1, -2)
-        n = a.shape[-1]
-        zero = jnp.zeros_like(a)
-        big = jnp.concatenate(
-            [jnp.concatenate([at, w], axis=-1), jnp.concatenate([zero, at], axis=-1)], axis=-2
-        )
-        f = jsl.expm(big)
-        value = jnp.sum(w * jnp.swapaxes(f[..., :n, :n], -1, -2))
-        return value, (f[..., :n, n:],)
+    def loss(*args_and_w):
+        *args, w = args_and_w
+        return jnp.sum(w * f(*args))
+
+    def vg(*args_and_w):
+        argnums = tuple(range(len(args_and_w) - 1))
+        return jax.value_and_grad(loss, argnums=argnums)(*args_and_w)
 
     return jax.jit(vg)
+
+
+@jax.jit
+def _block_expm_value_and_grad(a, w):
+    """2n block method: expm([[Aᵀ, W], [0, Aᵀ]]) = [[e^Aᵀ, L(Aᵀ, W)], [0, e^Aᵀ]].
+
+    Returns (sum(W * e^A), (L(Aᵀ, W),)): the value and gradient of sum(W * e^A).
+    """
+    at = jnp.swapaxes(a, -1, -2)
+    n = a.shape[-1]
+    zero = jnp.zeros_like(a)
+    big = jnp.concatenate(
+        [jnp.concatenate([at, w], axis=-1), jnp.concatenate([zero, at], axis=-1)], axis=-2
+    )
+    f = jsl.expm(big)
+    value = jnp.sum(w * jnp.swapaxes(f[..., :n, :n], -1, -2))
+    return value, (f[..., :n, n:],)
 
 
 _OURS_EXPM = jax.jit(expm)
@@ -183,24 +189,28 @@ _JAX_EXPM = jax.jit(jsl.expm)
 
 
 def _contenders(case, n, batch, rng):
-    """{name: (primal_fn, vg_fn, args) or None (skipped)}; "ours" first, then peers."""
+    """{name: (primal_fn, vg_fn, args, w) or None (skipped)}; "ours" first, then peers.
+
+    ``primal_fn(*args)``; ``vg_fn(*args, w)``.
+    """
     if case == "expm":
         args = _expm_inputs(rng, n, batch)
         w = jnp.asarray(rng.normal(size=args[0].shape).astype(DTYPE))
         return {
-            "ours": (_OURS_EXPM, _value_and_grad(expm, w), args),
-            "jax": (_JAX_EXPM, _value_and_grad(jsl.expm, w), args),
-            "block": (_JAX_EXPM, _block_expm_value_and_grad(w), args),
+            "ours": (_OURS_EXPM, _value_and_grad(expm), args, w),
+            "jax": (_JAX_EXPM, _value_and_grad(jsl.expm), args, w),
+            "block": (_JAX_EXPM, _block_expm_value_and_grad, args, w),
         }
     if case == "gaussian":
         args = _gaussian_inputs(rng, n, batch)
         w = jnp.asarray(rng.normal(size=(batch,)).astype(DTYPE))
         return {
-            "ours": (jax.jit(gaussian_logpdf), _value_and_grad(gaussian_logpdf, w), args),
+            "ours": (jax.jit(gaussian_logpdf), _value_and_grad(gaussian_logpdf), args, w),
             "plain": (
                 jax.jit(_plain_gaussian_logpdf),
-                _value_and_grad(_plain_gaussian_logpdf, w),
+                _value_and_grad(_plain_gaussian_logpdf),
                 args,
+                w,
             ),
         }
     if case == "lyapunov":
@@ -209,13 +219,13 @@ def _contenders(case, n, batch, rng):
         out = {
             "ours": (
                 jax.jit(solve_continuous_lyapunov),
-                _value_and_grad(solve_continuous_lyapunov, w),
+                _value_and_grad(solve_continuous_lyapunov),
                 args,
+                w,
             )
         }
-        kron_bytes = batch * n**4 * DTYPE.itemsize
-        if kron_bytes <= _KRON_MAX_BYTES:
-            out["kron"] = (jax.jit(_kron_lyapunov), _value_and_grad(_kron_lyapunov, w), args)
+        if batch * n**4 * DTYPE.itemsize <= _KRON_MAX_BYTES:
+            out["kron"] = (jax.jit(_kron_lyapunov), _value_and_grad(_kron_lyapunov), args, w)
         else:
             out["kron"] = None  # skipped: too much memory
         return out
@@ -267,7 +277,12 @@ def _time_interleaved(fns, repeats, min_time, max_seconds):
 def _ms(seconds):
     """Milliseconds with 4 significant digits, in at most 9 characters."""
     ms = seconds * 1e3
-    return f"{ms:.4g}" if ms < 1e5 else f"{ms:.3e}"
+    return f"{ms:.4g}" if ms < 1e5 else f"{ms:.2e}"
+
+
+def _ratio(x):
+    """A ratio in at most 6 characters."""
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}" if x < 1e5 else f"{x:.0e}"
 
 
 def _max_rel_diff(x, y):
@@ -323,8 +338,8 @@ def _run_case(case, n, batch, rng, repeats, min_time, max_seconds):
     live = {k: c for k, c in contenders.items() if c is not None}
     # Warm-up (compile) and agreement check against ours.
     results = {}
-    for name, (primal, vg, args) in live.items():
-        results[name] = (_call(primal, args), _call(vg, args))
+    for name, (primal, vg, args, w) in live.items():
+        results[name] = (_call(primal, args), _call(vg, (*args, w)))
     diffs = {
         name: max(
             _max_rel_diff(results[name][0], results["ours"][0]),
@@ -335,11 +350,11 @@ def _run_case(case, n, batch, rng, repeats, min_time, max_seconds):
     }
     # Time each distinct (function, inputs) once: "block" shares jax's primal.
     fns, key_of = {}, {}
-    for name, (primal, vg, args) in live.items():
-        for kind, fn in (("primal", primal), ("vg", vg)):
+    for name, (primal, vg, args, w) in live.items():
+        for kind, fn, fn_args in (("primal", primal, args), ("vg", vg, (*args, w))):
             uid = (id(fn), id(args))
             key_of[(name, kind)] = uid
-            fns.setdefault(uid, (fn, args))
+            fns.setdefault(uid, (fn, fn_args))
     med_u, low_u, used = _time_interleaved(fns, repeats, min_time, max_seconds)
     med = {k: med_u[u] for k, u in key_of.items()}
     low = {k: low_u[u] for k, u in key_of.items()}
@@ -372,7 +387,7 @@ def _run_case(case, n, batch, rng, repeats, min_time, max_seconds):
             row["max_rel_diff_vs_ours"] = diffs[name]
             ratios = (
                 "".join(
-                    f"{row[k]:>{w}.2f}"
+                    f"{_ratio(row[k]):>{w}}"
                     for k, w in (
                         ("ours_over_peer_primal", 10),
                         ("ours_over_peer_vg", 9),
@@ -385,7 +400,7 @@ def _run_case(case, n, batch, rng, repeats, min_time, max_seconds):
         rows.append(row)
         print(
             f"{case:<9}{n:>4}{batch:>6} {name:<6}{_ms(p):>10}{_ms(g):>10}"
-            f"{g / p:>7.2f}{row['vg_over_primal_min']:>7.2f}{ratios}",
+            f"{_ratio(g / p):>7}{_ratio(row['vg_over_primal_min']):>7}{ratios}",
             flush=True,
         )
     return rows

@@ -76,6 +76,7 @@ For subject-specific parameters ``jax.vmap`` over the model and ``grid.index`` w
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -299,30 +300,36 @@ def _pow2_bound(a):
     return jnp.exp2(jnp.ceil(jnp.log2(nu)))
 
 
-def _table(unit: _Triple) -> _Triple:
-    """T[d] = E(d u) for d < B from E(u) (shape (1, ...)), by prefix doubling (log₂B stages)."""
+def _tables(unit: _Triple) -> _Triple:
+    """T[d, i] = E(d B^i u) for d < B, i < D, from E(u) (single matrices, no step axis).
+
+    The level units E(B^i u) come from log₂B self-compositions each, then all levels grow
+    together, T[d] = T[d-1] ∘ E(B^i u): two short scans, a small graph for every order of
+    differentiation.
+    """
+    log2b = int(np.log2(_TABLE_BASE))
+
+    def double(x, _):
+        return _compose(x, x), None
+
+    def level(u, _):
+        return lax.scan(double, u, None, length=log2b)[0], u
+
+    _, units = lax.scan(level, unit, None, length=_TABLE_DIGITS)  # (D, ...)
     n, r = unit.fd.shape[-2:]
     dtype = unit.ad.dtype
-    tab = _Triple(
-        jnp.concatenate([jnp.eye(n, dtype=dtype)[None], unit.ad]),
-        jnp.concatenate([jnp.zeros((1, n, n), dtype), unit.qd]),
-        jnp.concatenate([jnp.zeros((1, n, r), dtype), unit.fd]),
+    ident = _Triple(
+        jnp.broadcast_to(jnp.eye(n, dtype=dtype), (_TABLE_DIGITS, n, n)),
+        jnp.zeros((_TABLE_DIGITS, n, n), dtype),
+        jnp.zeros((_TABLE_DIGITS, n, r), dtype),
     )
-    while tab.ad.shape[0] < _TABLE_BASE:
-        # entries d < s known; E(s u) = E((s-1) u) ∘ E(u) gives entries s..2s-1 at once
-        jump = _compose(_Triple(*(x[-1:] for x in tab)), unit)
-        new = _compose(tab, jump)
-        tab = _Triple(*(jnp.concatenate([x, y]) for x, y in zip(tab, new, strict=True)))
-    return tab
 
+    def grow(prev, _):
+        nxt = _compose(prev, units)
+        return nxt, nxt
 
-def _next_unit(tab: _Triple, unit: _Triple) -> _Triple:
-    """E(B u) = E((B-1) u) ∘ E(u)."""
-    return _compose(_Triple(*(x[-1:] for x in tab)), unit)
-
-
-def _gather(tab: _Triple, digit) -> _Triple:
-    return _Triple(*(x[digit] for x in tab))
+    _, rest = lax.scan(grow, ident, None, length=_TABLE_BASE - 1)  # (B-1, D, ...)
+    return _Triple(*(jnp.concatenate([x[None], y]) for x, y in zip(ident, rest, strict=True)))
 
 
 def _van_loan(a, q, w, dt, base: str):
@@ -332,12 +339,12 @@ def _van_loan(a, q, w, dt, base: str):
     0 ≤ ρ < H. E(ρ) comes from the base evaluator (shared power series, or the block
     exponential), E(mH) from shared tables T_i[d] = E(d B^i H) (d < B) indexed by the
     base-B digits of m: E(Δ) = E(ρ) ∘ T_0[d_0] ∘ … ∘ T_{D-1}[d_{D-1}]. The tables depend
-    on A, not on the steps: B-1 compositions in log₂B batched stages each, built once.
-    Per step the cost is one base evaluation and one composition, plus D-1 more
-    compositions (and the higher tables) only when some step has ‖A‖Δ ≳ Bθ — a ``cond``
-    on the whole batch, so under ``vmap`` over drifts both branches run. No loop depends
-    on the data, so reverse mode stores no padded levels. Steps with m ≥ B^D
-    (‖A‖Δ ≳ 10⁶ θ) are not covered and come out NaN.
+    on A, not on the steps: about (B + D log₂B) compositions of single matrices, built
+    once. Per step the cost is one base evaluation and one composition, plus D-1 more
+    compositions only when some step has ‖A‖Δ ≥ Bθ — a ``cond`` on the whole batch, so
+    under ``vmap`` over drifts both branches run. No loop depends on the data, so reverse
+    mode stores no padded levels. Steps with m ≥ B^D (‖A‖Δ ≥ 2^20 θ) are not covered and
+    come out NaN.
     """
     dtype = a.dtype
     evaluate = _series_evaluator(a, q, w) if base == "series" else _block_evaluator(a, q, w)
@@ -350,20 +357,20 @@ def _van_loan(a, q, w, dt, base: str):
     def digit(i):
         return (jnp.floor(m / float(_TABLE_BASE**i)) % _TABLE_BASE).astype(jnp.int32)
 
-    unit = evaluate(jnp.reshape(h_base, (1,)).astype(dtype))
-    tab = _table(unit)
-    out = _compose(evaluate(rho), _gather(tab, digit(0)))
+    def gather(i):
+        return _Triple(*(x[digit(i), i] for x in tables))
 
-    def high_digits(args):
-        out, tab, unit = args
+    unit = evaluate(jnp.reshape(h_base, (1,)).astype(dtype))
+    tables = _tables(_Triple(*(x[0] for x in unit)))
+    out = _compose(evaluate(rho), gather(0))
+
+    def high_digits(out):
         for i in range(1, _TABLE_DIGITS):
-            unit = _next_unit(tab, unit)
-            tab = _table(unit)
-            out = _compose(out, _gather(tab, digit(i)))
+            out = _compose(out, gather(i))
         return out
 
-    needs_high = jnp.any(m >= _TABLE_BASE)
-    out = lax.cond(needs_high, high_digits, lambda args: args[0], (out, tab, unit))
+    # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: skip them when none is.
+    out = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda out: out, out)
     bad = ~covered[:, None, None]
     return tuple(jnp.where(bad, jnp.nan, x) for x in out)
 
@@ -386,8 +393,13 @@ def _stationary(a, q, w, dt):
     return ad, qd, fd
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def _route(a, q, w, dt, method: str):
-    """(Ad, Qd, Fd) for steps dt of any shape (...)."""
+    """(Ad, Qd, Fd) for steps dt of any shape (...).
+
+    Jitted so that eager calls compile once per shape (inside an outer ``jit`` it is
+    simply inlined).
+    """
     shape = dt.shape
     dt = dt.reshape(-1)
     if method == "van_loan":

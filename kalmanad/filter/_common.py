@@ -363,15 +363,16 @@ def safe_cholesky(s):
 
 
 def guard(x):
-    """``(x with non-finite entries set to 0, all-finite flag)``.
+    """``(x with non-finite entries set to 0, Σ x)`` — the sum is a finiteness probe.
 
-    Element-wise (no reduction feeds the selected values), so it fuses into a filter
-    step; the flag is reduced separately and only carried. Every value a later
-    operation uses in its derivative is then finite: with the caller masking the
-    output where the flag is False, no NaN reaches any gradient.
+    The replacement is element-wise and the probe is only tested after the scan
+    (``isfinite`` of the stacked per-step probes): no reduction feeds a selection
+    inside the loop, which keeps XLA's fused loop fast on CPU (about 10x for n = 2).
+    Every value a later operation uses in its derivative is then finite, so with the
+    caller masking invalid steps no NaN reaches any gradient. (A sum of finite values
+    that overflows flags the step too, conservatively.)
     """
-    fin = jnp.isfinite(x)
-    return jnp.where(fin, x, 0.0), jnp.all(fin)
+    return jnp.where(jnp.isfinite(x), x, 0.0), jnp.sum(x)
 
 
 # Largest size solved by unrolled substitution rather than LAPACK/XLA: XLA's CPU
@@ -506,5 +507,11 @@ def _attach_cholesky_jvp(primals, tangents):
 
 
 def first_bad_mask(ok):
-    """``True`` from the first ``False`` of ``ok`` (T,) onwards (cumulative invalidity)."""
-    return jnp.cumsum(~ok) > 0
+    """``True`` from the first ``False`` of ``ok`` (T,) onwards (cumulative invalidity).
+
+    Via the index of the first invalid step (O(T); a cumulative sum is lowered to an
+    O(T²) reduce-window on CPU).
+    """
+    T = ok.shape[-1]
+    first = jnp.where(jnp.all(ok, axis=-1), T, jnp.argmin(ok, axis=-1))
+    return jnp.arange(T) >= first[..., None]

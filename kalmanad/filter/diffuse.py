@@ -38,7 +38,7 @@ from jax import lax
 from kalmanad.filter._common import finite_scalar, safe_cholesky, symmetrize, tri_solve
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.sequential import _step as _sequential_step
-from kalmanad.filter.sequential import setup
+from kalmanad.filter.sequential import finish, setup
 from kalmanad.ssm import DiscreteSSM
 
 
@@ -117,25 +117,24 @@ def filter_diffuse(ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int) -> Fil
         obs, inp = inp
         return _diffuse_step(carry, inp, obs, tol)
 
-    (a, Ps, Pinf, ok), (m_p1, P_p1, m_f1, P_f1, ll1, ok1) = lax.scan(
+    (a, Ps, Pinf, _), (m_p1, P_p1, m_f1, P_f1, ll1, ok1) = lax.scan(
         dstep, (a0, Ps0, Pinf0, ok_in), (obs_all[:d], head)
     )
     # The diffuse period must have ended inside the window.
-    ok = ok & (jnp.max(jnp.abs(Pinf)) <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(Ps))))
+    ended = jnp.max(jnp.abs(Pinf)) <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(Ps)))
+    ll1 = jnp.where(ok1, ll1, jnp.nan)  # flagged as in the sequential filter
     if d < T:
-        (_, _, ok), (m_p2, P_p2, m_f2, P_f2, ll2, ok2) = lax.scan(
-            _sequential_step, (a, Ps, ok), tail
-        )
+        _, (m_p2, P_p2, m_f2, P_f2, ll2) = lax.scan(_sequential_step, (a, Ps), tail)
         m_p = jnp.concatenate([m_p1, m_p2])
         P_p = jnp.concatenate([P_p1, P_p2])
         m_f = jnp.concatenate([m_f1, m_f2])
         P_f = jnp.concatenate([P_f1, P_f2])
         ll = jnp.concatenate([ll1, ll2])
-        ok_t = jnp.concatenate([ok1, ok2])
     else:
-        m_p, P_p, m_f, P_f, ll, ok_t = m_p1, P_p1, m_f1, P_f1, ll1, ok1
-    total = jnp.where(ok, jnp.sum(ll), -jnp.inf)
-    pointwise = jnp.where(ok_t & ok, ll, -jnp.inf)
+        m_p, P_p, m_f, P_f, ll = m_p1, P_p1, m_f1, P_f1, ll1
+    total, pointwise = finish(ll, ok_in)
+    total = jnp.where(ended, total, -jnp.inf)
+    pointwise = jnp.where(ended, pointwise, -jnp.inf)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
 
 

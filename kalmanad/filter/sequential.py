@@ -23,6 +23,7 @@ from jax import lax
 
 from kalmanad.filter._common import (
     LOG_2PI,
+    first_bad_mask,
     guard,
     mask_missing,
     mm,
@@ -54,38 +55,69 @@ def setup(ssm: DiscreteSSM, y):
 
 
 def update(m_p, P_p, H, d, R, y0, n_obs):
-    """Kalman update in the fused Cholesky form; returns ``(m, P, ll, ok)``.
+    """Kalman update in the fused Cholesky form.
 
-    Every intermediate that could overflow is guarded (see ``guard``), so the result
-    and its derivatives are finite; ``ok`` says whether the step was valid.
+    Returns ``(m, P, ll, ok, probe)``: ``ok`` is False where ``S`` is not
+    positive-definite; ``probe`` is non-finite where an intermediate overflowed (those
+    entries were replaced by 0, see ``guard``), so the result and its derivatives are
+    always finite.
     """
     n = m_p.shape[-1]
     HP = mm(H, P_p)  # (m, n)
     S = mm(HP, H.T) + R
     L, ok = safe_cholesky(S)
     v = y0 - mv(H, m_p) - d
-    X, ok_x = guard(tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1)))  # L⁻¹[HP⁻, v]
+    X, p1 = guard(tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1)))  # L⁻¹[HP⁻, v]
     W, z = X[:, :n], X[:, n]
-    logdet_half = jnp.log(jnp.diagonal(L))
-    ll, ok_l = guard(-0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(logdet_half))
-    m_f, ok_m = guard(m_p + mv(W.T, z))
-    P_f, ok_p = guard(P_p - mm(W.T, W))
-    return m_f, P_f, ll, ok & ok_x & ok_l & ok_m & ok_p
+    ll, p2 = guard(-0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L))))
+    m_f, p3 = guard(m_p + mv(W.T, z))
+    P_f, p4 = guard(P_p - mm(W.T, W))
+    return m_f, P_f, ll, ok, p1 + p2 + p3 + p4
 
 
 def _step(carry, inp):
-    m, P, ok = carry
+    m, P = carry
     A, b, Q, H, d, R, y0, n_obs = inp
-    m_p, ok_m = guard(mv(A, m) + b)
-    P_p, ok_p = guard(symmetrize(mm(mm(A, P), A.T)) + Q)
-    m_f, P_f, ll, ok_u = update(m_p, P_p, H, d, R, y0, n_obs)
-    ok = ok & ok_m & ok_p & ok_u
-    return (m_f, P_f, ok), (m_p, P_p, m_f, P_f, ll, ok)
+    m_p, p1 = guard(mv(A, m) + b)
+    # guard first, then symmetrise (this order keeps XLA's fast fused loop on CPU)
+    P_p, p2 = guard(mm(mm(A, P), A.T) + Q)
+    P_p = symmetrize(P_p)
+    m_f, P_f, ll, ok, p3 = update(m_p, P_p, H, d, R, y0, n_obs)
+    return (m_f, P_f), (m_p, P_p, m_f, P_f, flag(ll, ok, p1 + p2 + p3))
+
+
+def flag(ll, ok, probe):
+    """Fold the validity of a step into its log-likelihood: NaN where invalid.
+
+    ``0 * probe`` is NaN exactly when the probe is not finite; the NaN only marks the
+    step for :func:`finish`, which masks it (its cotangent is zero, and neither the
+    addition nor the product by the constant 0 uses the NaN in its derivative). A
+    single per-step output keeps XLA's fused loop fast on CPU.
+    """
+    return ll + jnp.where(ok, 0.0, jnp.nan) + 0.0 * probe
+
+
+def finish(ll, ok_in):
+    """Total and pointwise log-likelihood from the flagged per-step values (T,).
+
+    A step is valid when its innovation covariance is PD and nothing overflowed (its
+    flagged value is finite); the pointwise values are ``-inf`` from the first invalid
+    step on, the total is ``-inf`` if any step (or the input) is invalid.
+    """
+    ok_t = jnp.isfinite(ll) & ok_in
+    bad = first_bad_mask(ok_t)
+    ll = jnp.where(ok_t, ll, 0.0)
+    total = jnp.where(bad[-1], -jnp.inf, jnp.sum(ll))
+    return total, jnp.where(bad, -jnp.inf, ll)
 
 
 @partial(jax.jit, static_argnames=("unroll",))
-def filter_sequential(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
-    """Sequential covariance-form filter on an unbatched, promoted SSM (internal)."""
+def filter_sequential(ssm: DiscreteSSM, y, *, unroll: int = 4) -> FilterResult:
+    """Sequential covariance-form filter on an unbatched, promoted SSM (internal).
+
+    ``unroll`` steps per loop iteration: 4 cut ``value_and_grad`` time by about 40%
+    on CPU for n = 2, m = 1 (T = 2000) against 1, at a larger compile.
+    """
     ssm, y0, n_obs, ok_in = setup(ssm, y)
     xs = (
         ssm.transition,
@@ -97,8 +129,7 @@ def filter_sequential(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
         y0,
         n_obs,
     )
-    init = (ssm.initial_mean, ssm.initial_cov, ok_in)
-    (_, _, ok), (m_p, P_p, m_f, P_f, ll, ok_t) = lax.scan(_step, init, xs, unroll=unroll)
-    total = jnp.where(ok, jnp.sum(ll), -jnp.inf)
-    pointwise = jnp.where(ok_t, ll, -jnp.inf)
+    init = (ssm.initial_mean, ssm.initial_cov)
+    _, (m_p, P_p, m_f, P_f, ll) = lax.scan(_step, init, xs, unroll=unroll)
+    total, pointwise = finish(ll, ok_in)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)

@@ -1,0 +1,317 @@
+"""Shared helpers of the benchmark scripts (design.md §6): machine information, timing,
+comparison, tables and result files, and the SHO / OU models several benchmarks use.
+
+Protocol the helpers implement: every contender is compiled (``jit``) and warmed up
+before it is timed; every call is followed by ``jax.block_until_ready``; contenders of
+one case are timed *interleaved* (one sample of each in turn, round-robin), so that the
+background load of a shared machine affects them alike; the statistic is the median
+over samples, with the minimum kept as well. CPU numbers are meaningful as ratios
+between contenders measured in the same process.
+
+Import from a benchmark script (``python benchmarks/bench_X.py`` puts ``benchmarks/`` on
+``sys.path``)::
+
+    from _common import time_interleaved, machine_info, write_results
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+__all__ = [
+    "REPO",
+    "RESULTS_DIR",
+    "call",
+    "compile_all",
+    "enable_compile_cache",
+    "format_ms",
+    "machine_info",
+    "markdown_table",
+    "max_rel_diff",
+    "ou_linear_sde",
+    "sho_linear_sde",
+    "text_table",
+    "time_interleaved",
+    "time_interleaved_samples",
+    "write_results",
+]
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def _jaxlib_version() -> str | None:
+    try:
+        import jaxlib
+    except ImportError:
+        return None
+    return getattr(jaxlib, "__version__", None)
+
+
+def machine_info(dtype: str, quick: bool, **extra: Any) -> dict:
+    """What a result needs to be interpreted: versions, backend, CPUs, load, date, dtype.
+
+    ``extra`` entries (e.g. versions of the peer libraries) are added as given.
+    """
+    dev = jax.devices()[0]
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax": jax.__version__,
+        "jaxlib": _jaxlib_version(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device": str(getattr(dev, "device_kind", dev)),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "load_average_at_start": load,
+        "dtype": dtype,
+        "quick": quick,
+    }
+    info.update(extra)
+    return info
+
+
+def enable_compile_cache(path: str | os.PathLike | None) -> None:
+    """Turn on JAX's persistent compilation cache in ``path`` (None: leave it off).
+
+    A rerun then loads the executables instead of compiling them; the timings are
+    unaffected (same executables), only the wall time of the run shrinks.
+    """
+    if path is None:
+        return
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# ------------------------------------------------------------------------------- timing
+
+
+def call(fn: Callable, args: Sequence) -> Any:
+    """``fn(*args)``, blocked until every array of the result is ready."""
+    return jax.block_until_ready(fn(*args))
+
+
+def compile_all(
+    fns: Mapping[Any, tuple[Callable, Sequence]], workers: int = 2
+) -> tuple[dict, dict]:
+    """Ahead-of-time ``jax.jit(fn).lower(*args).compile()`` of every entry.
+
+    XLA compiles in C++ without the GIL, so ``workers`` threads compile several
+    contenders at once (the wall time of a benchmark is dominated by compilation).
+    Returns ``(compiled, seconds)``: the executables and each one's lowering+compile
+    wall time (under ``workers > 1`` the compilations share the CPUs).
+    """
+
+    def one(item):
+        key, (fn, args) = item
+        t0 = time.perf_counter()
+        exe = jax.jit(fn).lower(*args).compile()
+        return key, exe, time.perf_counter() - t0
+
+    compiled, seconds = {}, {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for key, exe, dt in pool.map(one, fns.items()):
+            compiled[key], seconds[key] = exe, dt
+    return compiled, seconds
+
+
+def time_interleaved_samples(
+    fns: Mapping[Any, tuple[Callable, Sequence]],
+    repeats: int,
+    min_time: float,
+    max_seconds: float,
+    min_rounds: int = 3,
+) -> dict[Any, list[float]]:
+    """Seconds per call of each (compiled, warmed-up) function: all samples.
+
+    A sample is the mean over enough back-to-back calls (each blocked on) to last
+    ``min_time``; a single call that long is a sample by itself. One sample of each
+    function in turn per round (round-robin), so drifting background load affects all
+    contenders alike. Runs ``repeats`` rounds, or stops after ``min_rounds`` once
+    ``max_seconds`` have passed.
+    """
+    number, samples = {}, {}
+    t_start = time.perf_counter()
+    for key, (fn, args) in fns.items():
+        t0 = time.perf_counter()
+        call(fn, args)
+        dt = time.perf_counter() - t0
+        number[key] = max(1, min(1000, math.ceil(min_time / max(dt, 1e-7))))
+        samples[key] = [dt] if number[key] == 1 else []
+    rounds_needed = repeats - 1 if all(samples.values()) else repeats
+    for _ in range(rounds_needed):
+        for key, (fn, args) in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(number[key]):
+                call(fn, args)
+            samples[key].append((time.perf_counter() - t0) / number[key])
+        if (
+            min(len(v) for v in samples.values()) >= min_rounds
+            and time.perf_counter() - t_start > max_seconds
+        ):
+            break
+    return samples
+
+
+def time_interleaved(
+    fns: Mapping[Any, tuple[Callable, Sequence]],
+    repeats: int,
+    min_time: float,
+    max_seconds: float,
+) -> tuple[dict, dict, int]:
+    """Median and minimum seconds per call of each function, and the rounds run.
+
+    See :func:`time_interleaved_samples` for the protocol.
+    """
+    samples = time_interleaved_samples(fns, repeats, min_time, max_seconds)
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    minima = {k: min(v) for k, v in samples.items()}
+    return medians, minima, min(len(v) for v in samples.values())
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def max_rel_diff(x, y, dtype=np.float64) -> float:
+    """Largest ``max|x - y| / max|y|`` over the leaves of two pytrees (y: reference)."""
+    xs, ys = jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y)
+    if len(xs) != len(ys):
+        raise ValueError(f"pytrees with {len(xs)} and {len(ys)} leaves cannot be compared")
+    worst = 0.0
+    for a, b in zip(xs, ys, strict=True):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        scale = max(float(np.max(np.abs(b))), float(np.finfo(dtype).tiny))
+        worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+def format_ms(seconds: float | None, digits: int = 3) -> str:
+    """Seconds as milliseconds with ``digits`` significant digits ('—' for None)."""
+    if seconds is None or not np.isfinite(seconds):
+        return "—"
+    ms = seconds * 1e3
+    if ms == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(ms))))
+    return f"{ms:.{decimals}f}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (first column left-aligned, others right)."""
+    out = ["| " + " | ".join(str(h) for h in headers) + " |"]
+    out.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic | jax.Array):
+        return np.asarray(x).tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_results(stem: str, payload: dict, markdown: str, out_dir: Path | None = None):
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``benchmarks/results/``; return paths."""
+    out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def sho_linear_sde(omega, quality, sigma, noise, mu=0.0):
+    """tinygp's ``quasisep.SHO(omega, quality, sigma)`` + white noise as a LinearSDE.
+
+    tinygp's state-space form: drift ``[[0, 1], [-ω², -ω/Q]]``, stationary covariance
+    ``diag(1, ω²)`` (so the diffusion rate is ``diag(0, 2ω³/Q)``) and observation
+    ``[σ, 0]``; plus the mean ``mu`` and measurement noise ``noise²``. Traceable in
+    all arguments (scalars).
+    """
+    import kalmanad
+
+    omega, quality, sigma, noise, mu = (jnp.asarray(v) for v in (omega, quality, sigma, noise, mu))
+    zero, one = jnp.zeros_like(omega), jnp.ones_like(omega)
+    drift = jnp.stack([jnp.stack([zero, one]), jnp.stack([-(omega**2), -omega / quality])])
+    diffusion = jnp.diag(jnp.stack([zero, 2.0 * omega**3 / quality]))
+    observation = jnp.stack([sigma, jnp.zeros_like(sigma)])[None, :]
+    return kalmanad.LinearSDE(
+        drift=drift,
+        diffusion=diffusion,
+        observation=observation,
+        observation_noise=jnp.reshape(noise**2, (1, 1)),
+        observation_intercept=jnp.reshape(mu, (1,)),
+    )
+
+
+def ou_linear_sde(theta, mu, sigma, noise):
+    """The OU process of models/ou.toml: ``dx = θ(μ - x)dt + √(2θ)σ dW``, ``y = x + e``.
+
+    Its covariance is ``σ² exp(-θ|τ|)``, tinygp's ``quasisep.Exp(scale=1/θ, sigma=σ)``.
+    """
+    import kalmanad
+
+    theta, mu, sigma, noise = (jnp.asarray(v) for v in (theta, mu, sigma, noise))
+    return kalmanad.LinearSDE(
+        drift=jnp.reshape(-theta, (1, 1)),
+        diffusion=jnp.reshape(2.0 * theta * sigma**2, (1, 1)),
+        observation=jnp.ones((1, 1), theta.dtype),
+        observation_noise=jnp.reshape(noise**2, (1, 1)),
+        drift_intercept=jnp.reshape(theta * mu, (1,)),
+    )
