@@ -483,6 +483,27 @@ def _slope(ns, ts):
     return float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
 
 
+def cost_model(rows):
+    """Per contender, t(N) ≈ a + b·N fitted over the sweep (relative least squares):
+    the fixed cost a (per call, independent of N) and the cost per point b."""
+    out = []
+    names = dict.fromkeys(r["contender"] for r in rows if r["computes"] == "value_and_grad")
+    for name in names:
+        mine = [r for r in rows if r["contender"] == name]
+        if len(mine) < 2:
+            continue
+        ns = np.array([r["n"] for r in mine], float)
+        ts = np.array([r["median_s"] for r in mine])
+        b, a = np.polyfit(ns, ts, 1, w=1.0 / ts)
+        out.append({"contender": name, "fixed_s": float(a), "per_point_s": float(b)})
+    ref = next((c for c in out if c["contender"] == REFERENCE), None)
+    for c in out:
+        c["per_point_ratio_vs_tinygp"] = (
+            None if ref is None else c["per_point_s"] / ref["per_point_s"]
+        )
+    return out
+
+
 def targets(rows):
     out = []
     vg_rows = [r for r in rows if r["computes"] == "value_and_grad"]
@@ -554,6 +575,7 @@ def main():
         bd_rows = breakdown(exe, jobs, times, y, repeats, max_seconds)
     elapsed = time.perf_counter() - t_start
     tg = targets(rows)
+    costs = cost_model(rows)
 
     head = [
         "N",
@@ -644,6 +666,19 @@ def main():
         print("\nbreakdown of kalmanad sequential at N=2000 (interleaved; loop ops/step: XLA")
         print("instructions per iteration of the time-step while loops, forward + backward)")
         print(text_table(bd_head, bd_body))
+    cm_head = ["contender", "fixed ms (a)", "µs/point (b)", "b ÷ tinygp"]
+    cm_body = [
+        [
+            c["contender"],
+            format_ms(c["fixed_s"]),
+            f"{c['per_point_s'] * 1e6:.2f}",
+            _fmt_ratio(c["per_point_ratio_vs_tinygp"]),
+        ]
+        for c in costs
+    ]
+    if cm_body:
+        print("\ncost model t(N) ≈ a + b·N fitted to the medians over the sweep")
+        print(text_table(cm_head, cm_body))
     print("\ntargets (measured in this run):")
     for line in tg_lines:
         print("  " + line)
@@ -670,6 +705,13 @@ def main():
             "",
             markdown_table(bd_head, bd_body),
         ]
+    if cm_body:
+        md += [
+            "",
+            "## cost model t(N) ≈ a + b·N (fit over the sweep)",
+            "",
+            markdown_table(cm_head, cm_body),
+        ]
     md += ["", "## targets", ""] + [f"- {line}" for line in tg_lines]
     payload = {
         "benchmark": "SHO log-likelihood value_and_grad on irregular times",
@@ -690,6 +732,7 @@ def main():
         },
         "results": rows,
         "breakdown": bd_rows,
+        "cost_model": costs,
         "targets": tg,
         "elapsed_s": elapsed,
     }

@@ -298,7 +298,11 @@ def main():
         }
         setup_s = time.perf_counter() - t0
         values, diff = check_same_density(samplers)
-        checks[name] = {"potential_at_init": values, "relative_difference": diff}
+        checks[name] = {
+            "potential_at_init": values,
+            "relative_difference": diff,
+            "setup_s (initialize_model, eager)": setup_s,
+        }
         jobs = {}
         for k, s in samplers.items():
             jobs.update(s.jobs(k))

@@ -256,7 +256,9 @@ def test_check_grads_drift_diffusion(method):
         ad, qd = discretize(a, q, dts, method=method)
         return jnp.einsum("kij,ijk->", ad, w) + jnp.einsum("kij,ijk->", qd, w**2)
 
-    check_grads(f, (a, q), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+    # second order for the default route; first order for the others (keeps the suite fast)
+    order = 2 if method == "van_loan" else 1
+    check_grads(f, (a, q), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
 def test_check_grads_long_steps_and_forcing():

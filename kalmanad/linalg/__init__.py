@@ -5,7 +5,7 @@ float64. Derivatives are given by derived rules (design.md §4), never by automa
 differentiation through the algorithm's own steps.
 """
 
-from kalmanad.linalg.cholesky import cho_solve, gaussian_logpdf, logdet_spd
+from kalmanad.linalg.cholesky import cho_solve, gaussian_logpdf, gaussian_logpdf_chol, logdet_spd
 from kalmanad.linalg.expm import expm, expm_frechet
 from kalmanad.linalg.lyapunov import solve_continuous_lyapunov, solve_discrete_lyapunov
 
@@ -14,6 +14,7 @@ __all__ = [
     "expm",
     "expm_frechet",
     "gaussian_logpdf",
+    "gaussian_logpdf_chol",
     "logdet_spd",
     "solve_continuous_lyapunov",
     "solve_discrete_lyapunov",

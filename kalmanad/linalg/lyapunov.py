@@ -52,7 +52,7 @@ __all__ = ["solve_continuous_lyapunov", "solve_discrete_lyapunov"]
 # its factorisation with the gradient; the iterations cost O(n³) per step but about
 # ten steps, plus the adjoint solve. The Kronecker route is faster up to n = 8 and
 # the iterative one from n = 12 on.
-_KRON_MAX_N = 8
+_KRON_MAX_N = 3
 
 # Newton sign iteration: with determinant scaling it needs about 10 steps for
 # well-separated spectra and about 25 when an eigenvalue lies within 1e-12 of the
