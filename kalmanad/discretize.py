@@ -86,7 +86,13 @@ from jax import lax
 
 from kalmanad.linalg import expm, solve_continuous_lyapunov
 from kalmanad.linalg._checks import as_float_array
-from kalmanad.model import LinearSDE, _concrete, _max_real_eigenvalue, drift_is_stable
+from kalmanad.model import (
+    LinearSDE,
+    _concrete,
+    _is_stable_np,
+    _max_real_eigenvalue,
+    drift_is_stable,
+)
 from kalmanad.ssm import DiscreteSSM
 
 __all__ = [
@@ -163,7 +169,7 @@ def _check_dt(dt, dtype):
 
 def _require_stable(a, what: str) -> None:
     a_c = _concrete(a)
-    if a_c is not None and not bool(drift_is_stable(a_c)):
+    if a_c is not None and not _is_stable_np(a_c):
         raise ValueError(
             f"{what} needs a stable drift, but the largest real part of the eigenvalues of "
             f"drift is {_max_real_eigenvalue(a_c):.6g} (must be < 0); use method='van_loan'"
@@ -300,22 +306,57 @@ def _pow2_bound(a):
     return jnp.exp2(jnp.ceil(jnp.log2(nu)))
 
 
-def _tables(unit: _Triple) -> _Triple:
+def _safe_compose(x: _Triple, y: _Triple):
+    """``_compose`` that cannot overflow, and a flag of the entries where it would have.
+
+    Long table entries and long steps of an unstable drift overflow. Where the entrywise
+    bounds |Ad_y Ad_x| ≤ n·max|Ad_y|·max|Ad_x| (and likewise for the Qd and Fd terms) reach
+    the largest float, both inputs are replaced by the identity step *before* multiplying
+    (the result is then flagged and later replaced by NaN): no intermediate is ever
+    infinite, so the zero cotangents of those entries never meet an inf in reverse mode
+    (0·inf = NaN would spoil every gradient of the batch).
+    """
+    n = x.ad.shape[-1]
+    dtype = x.ad.dtype
+
+    def logmax(v):
+        v = lax.stop_gradient(v)
+        return jnp.log(jnp.max(jnp.abs(v), axis=(-2, -1), initial=0.0))
+
+    lim = float(np.log(jnp.finfo(dtype).max)) - 2.0 * float(np.log(n)) - 3.0
+    ay, ax = logmax(y.ad), logmax(x.ad)
+    ok = (ay + ax < lim) & (2.0 * ay + logmax(x.qd) < lim) & (ay + logmax(x.fd) < lim)
+    ok = ok & (logmax(y.qd) < lim) & (logmax(y.fd) < lim)
+    keep = ok[..., None, None]
+    eye = jnp.eye(n, dtype=dtype)
+
+    def safe(t):
+        return _Triple(
+            jnp.where(keep, t.ad, eye), jnp.where(keep, t.qd, 0.0), jnp.where(keep, t.fd, 0.0)
+        )
+
+    return safe(_compose(safe(x), safe(y))), ok
+
+
+def _tables(unit: _Triple):
     """T[d, i] = E(d B^i u) for d < B, i < D, from E(u) (single matrices, no step axis).
 
     The level units E(B^i u) come from log₂B self-compositions each, then all levels grow
     together, T[d] = T[d-1] ∘ E(B^i u): two short scans, a small graph for every order of
-    differentiation.
+    differentiation. Returns the tables and a (B, D) flag of entries that did not overflow
+    (an unstable drift overflows at long lengths; see :func:`_safe_compose`).
     """
     log2b = int(np.log2(_TABLE_BASE))
 
-    def double(x, _):
-        return _compose(x, x), None
+    def double(carry, _):
+        x, ok = carry
+        y, ok_y = _safe_compose(x, x)
+        return (y, ok & ok_y), None
 
-    def level(u, _):
-        return lax.scan(double, u, None, length=log2b)[0], u
+    def level(carry, _):
+        return lax.scan(double, carry, None, length=log2b)[0], carry
 
-    _, units = lax.scan(level, unit, None, length=_TABLE_DIGITS)  # (D, ...)
+    _, (units, units_ok) = lax.scan(level, (unit, jnp.asarray(True)), None, length=_TABLE_DIGITS)
     n, r = unit.fd.shape[-2:]
     dtype = unit.ad.dtype
     ident = _Triple(
@@ -324,12 +365,14 @@ def _tables(unit: _Triple) -> _Triple:
         jnp.zeros((_TABLE_DIGITS, n, r), dtype),
     )
 
-    def grow(prev, _):
-        nxt = _compose(prev, units)
-        return nxt, nxt
+    def grow(carry, _):
+        prev, ok_prev = carry
+        nxt, ok = _safe_compose(prev, units)
+        return (nxt, ok & ok_prev), (nxt, ok & ok_prev)
 
-    _, rest = lax.scan(grow, ident, None, length=_TABLE_BASE - 1)  # (B-1, D, ...)
-    return _Triple(*(jnp.concatenate([x[None], y]) for x, y in zip(ident, rest, strict=True)))
+    _, (rest, rest_ok) = lax.scan(grow, (ident, units_ok), None, length=_TABLE_BASE - 1)
+    tables = _Triple(*(jnp.concatenate([x[None], y]) for x, y in zip(ident, rest, strict=True)))
+    return tables, jnp.concatenate([jnp.ones((1, _TABLE_DIGITS), bool), rest_ok])
 
 
 def _van_loan(a, q, w, dt, base: str):
@@ -352,7 +395,8 @@ def _van_loan(a, q, w, dt, base: str):
     ratio = lax.stop_gradient(dt / h_base)
     covered = ratio < float(_TABLE_BASE**_TABLE_DIGITS)
     m = jnp.where(covered, jnp.floor(ratio), 0.0)
-    rho = dt - m * h_base
+    # uncovered steps are evaluated at ρ = 0 (finite, so reverse mode stays NaN-free)
+    rho = jnp.where(covered, dt - m * h_base, 0.0)
 
     def digit(i):
         return (jnp.floor(m / float(_TABLE_BASE**i)) % _TABLE_BASE).astype(jnp.int32)
@@ -361,17 +405,23 @@ def _van_loan(a, q, w, dt, base: str):
         return _Triple(*(x[digit(i), i] for x in tables))
 
     unit = evaluate(jnp.reshape(h_base, (1,)).astype(dtype))
-    tables = _tables(_Triple(*(x[0] for x in unit)))
+    tables, table_ok = _tables(_Triple(*(x[0] for x in unit)))
+    # Digit 0 alone cannot overflow (‖E(Δ)‖ ≤ e^{‖A‖Δ} with ‖A‖Δ < Bθ ≤ 64).
     out = _compose(evaluate(rho), gather(0))
+    valid = covered
+    for i in range(_TABLE_DIGITS):
+        valid = valid & table_ok[digit(i), i]
 
-    def high_digits(out):
+    def high_digits(args):
+        out, valid = args
         for i in range(1, _TABLE_DIGITS):
-            out = _compose(out, gather(i))
-        return out
+            out, ok = _safe_compose(out, gather(i))
+            valid = valid & ok
+        return out, valid
 
     # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: skip them when none is.
-    out = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda out: out, out)
-    bad = ~covered[:, None, None]
+    out, valid = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda args: args, (out, valid))
+    bad = ~valid[:, None, None]
     return tuple(jnp.where(bad, jnp.nan, x) for x in out)
 
 

@@ -79,6 +79,14 @@ def _max_real_eigenvalue(a: np.ndarray) -> float:
     return float(np.max(np.linalg.eigvals(a.astype(np.float64)).real))
 
 
+def _is_stable_np(a: np.ndarray) -> bool:
+    """Concrete stability test (numpy eigenvalues)."""
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return False
+    return _max_real_eigenvalue(a) < -_stability_tol(a)
+
+
 def drift_is_stable(drift) -> jax.Array:
     """Whether every eigenvalue of ``drift`` has a negative real part (a boolean array).
 
@@ -95,14 +103,15 @@ def drift_is_stable(drift) -> jax.Array:
         ``sqrt(eps)`` and its smallest eigenvalue is positive. The result carries no
         gradient.
     """
-    a = as_float_array(drift, "drift")
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"drift must be a square (n, n) matrix, got shape {a.shape}")
-    a_np = _concrete(a)
+    shape = np.shape(drift)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"drift must be a square (n, n) matrix, got shape {shape}")
+    a_np = _concrete(drift)
     if a_np is not None:
-        if not np.all(np.isfinite(a_np)):
-            return jnp.asarray(False)
-        return jnp.asarray(_max_real_eigenvalue(a_np) < -_stability_tol(a_np))
+        if np.iscomplexobj(a_np):
+            raise TypeError(f"drift must be real, got dtype {a_np.dtype}")
+        return np.bool_(_is_stable_np(a_np))
+    a = as_float_array(drift, "drift")
     a = jax.lax.stop_gradient(a)
     n = a.shape[-1]
     eye = jnp.eye(n, dtype=a.dtype)
@@ -339,7 +348,7 @@ class LinearSDE:
         Does nothing for a traced drift (use :meth:`is_stable` there).
         """
         a = _concrete(self.drift)
-        if a is not None and not bool(self.is_stable()):
+        if a is not None and not _is_stable_np(a):
             lam = _max_real_eigenvalue(a) if np.all(np.isfinite(a)) else float("nan")
             raise ValueError(
                 f"drift is not stable: the largest real part of its eigenvalues is {lam:.6g} "
@@ -384,7 +393,7 @@ class LinearSDE:
                 _check_sym_psd(name, x)
         if self.initial_state == "stationary":
             a = _concrete(self.drift)
-            if a is not None and not bool(drift_is_stable(a)):
+            if a is not None and not _is_stable_np(a):
                 raise ValueError(
                     "a stationary initial state needs a stable drift, but the largest real "
                     f"part of the eigenvalues of drift is {_max_real_eigenvalue(a):.6g} "

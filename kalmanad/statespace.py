@@ -41,6 +41,7 @@ from kalmanad.filter import (
     rts_smoother_ssm,
     simulate_ssm,
 )
+from kalmanad.model import _FIELDS as _FIELD_NAMES
 from kalmanad.model import LinearSDE
 
 __all__ = [
@@ -142,6 +143,33 @@ def _validity(model: LinearSDE, batch: tuple[int, ...]):
     return jnp.broadcast_to(ok, batch)
 
 
+def _is_concrete(model: LinearSDE) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model))
+
+
+# Stand-in values of a valid model for the fields where zeros would not do.
+_SAFE_IDENTITY = {"drift": -1.0, "diffusion": 1.0, "observation_noise": 1.0, "initial_cov": 1.0}
+
+
+def _guarded(model: LinearSDE, ok) -> LinearSDE:
+    """``model`` where ``ok``, a stable identity-noise stand-in elsewhere (per subject)."""
+    nb = len(model_batch_shape(model))
+    leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: x is None)
+    out = []
+    for name, x in zip(_FIELD_NAMES, leaves, strict=True):
+        if x is None:
+            out.append(None)
+            continue
+        scale = _SAFE_IDENTITY.get(name)
+        if scale is None:
+            stand_in = jnp.zeros_like(x)
+        else:
+            stand_in = jnp.broadcast_to(scale * jnp.eye(x.shape[-1], dtype=x.dtype), x.shape)
+        keep = jnp.reshape(ok, ok.shape + (1,) * (x.ndim - nb))
+        out.append(jnp.where(keep, x, stand_in))
+    return jax.tree.unflatten(treedef, out)
+
+
 def _check_y(y, T: int, m: int):
     y = jnp.asarray(y)
     if y.ndim < 2 or y.shape[-2:] != (T, m):
@@ -181,13 +209,19 @@ def kalman_filter(
         predicted and filtered means (..., T, n) and covariances (..., T, n, n).
         ``log_likelihood`` is ``-inf`` for invalid parameter values.
     """
+    ok = _validity(model, model_batch_shape(model))
+    if not _is_concrete(model):
+        # Double-where: run the filter on a harmless stand-in model where the
+        # parameters are invalid, so that no NaN reaches the gradient through the
+        # discarded branch; the result there is replaced by -inf below.
+        model = _guarded(model, ok)
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
     y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
     ssm, y, batch = _align(ssm, y, batch)
     diffuse = model.initial_state == "diffuse" and method == "sequential"
     kw = {"diffuse_mask": jnp.ones(model.n_states, bool)} if diffuse else {}
     res = filter_ssm(ssm, y, method, **kw)
-    ok = _validity(model, batch)
+    ok = jnp.broadcast_to(ok, batch)
     ok_pw = ok[..., None]
     return res._replace(
         log_likelihood=jnp.where(ok, res.log_likelihood, -jnp.inf),

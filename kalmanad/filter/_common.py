@@ -455,18 +455,24 @@ def solve(a, b):
 
 
 def psd_factor(s):
-    """A square root ``g`` with ``g gᵀ = s₊`` of a symmetric PSD ``s`` (..., n, n).
+    """A square root ``g`` with ``g gᵀ = s₊`` of a symmetric PSD ``s`` (..., n, n),
+    and a flag (...,) that ``s`` is PSD up to rounding.
 
-    ``s₊`` clamps negative eigenvalues (rounding) to zero: ``g = V diag(√λ₊)``. Robust
-    to singular ``s`` (``Q = 0`` at a zero-length step). Not meant to be differentiated
-    (the square root has an infinite derivative at 0): callers stop its gradient and
-    carry derivatives in covariance form.
+    ``s₊`` clamps negative eigenvalues to zero: ``g = V diag(√λ₊)``. Robust to singular
+    ``s`` (``Q = 0`` at a zero-length step). The flag is False where the most negative
+    eigenvalue exceeds ``√eps`` times the largest magnitude (an indefinite covariance,
+    not rounding). Not meant to be differentiated (the square root has an infinite
+    derivative at 0): callers stop its gradient and carry derivatives in covariance
+    form.
     """
     s = lax.stop_gradient(s)
+    tol = float(np.sqrt(np.finfo(s.dtype).eps))
     if s.shape[-1] == 1:
-        return jnp.sqrt(jnp.maximum(s, 0.0))
+        ok = s[..., 0, 0] >= 0
+        return jnp.sqrt(jnp.maximum(s, 0.0)), ok
     lam, vec = jnp.linalg.eigh(s)
-    return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :]
+    ok = lam[..., 0] >= -tol * jnp.max(jnp.abs(lam), axis=-1)
+    return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :], ok
 
 
 def tria(m):

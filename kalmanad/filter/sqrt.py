@@ -87,6 +87,13 @@ def _core(A, P, L, Q, GQ, H, R, GR):
     (forward values only).
     """
     L_S, Kb, L_f, ok = _core_forward(A, L, GQ, H, GR)
+    # The derivatives are carried in covariance form: a step whose predicted covariance
+    # overflows there is invalid (as in the sequential filter), even though the factors
+    # themselves would not overflow.
+    ok = ok & jnp.isfinite(jnp.sum(A @ P @ A.T + Q))
+    L_S = jnp.where(ok, L_S, jnp.eye(L_S.shape[0], dtype=L_S.dtype))
+    Kb = jnp.where(ok, Kb, 0.0)
+    L_f = jnp.where(ok, L_f, jnp.eye(L.shape[0], dtype=L.dtype))
     P_f = jnp.where(ok, L_f @ L_f.T, jnp.eye(L.shape[0], dtype=L.dtype))
     return L_S, Kb, L_f, P_f, ok.astype(A.dtype)
 
@@ -98,7 +105,7 @@ def _core_jvp(primals, tangents):
     L_S, Kb, L_f, P_f, okf = _core(*primals)
     ok = okf > 0
     APAt = A @ P @ A.T
-    P_p = symmetrize(APAt) + Q
+    P_p = jnp.where(ok, symmetrize(APAt) + Q, 0.0)  # finite residuals (double where)
     dAPAt = dA @ P @ A.T
     dP_p = dAPAt + dAPAt.T + A @ symmetrize(dP) @ A.T + symmetrize(dQ)
     C = P_p @ H.T
@@ -118,7 +125,7 @@ def _core_jvp(primals, tangents):
 
 def _step(carry, inp):
     m, P, L, ok = carry
-    A, b, Q, GQ, H, d, R, GR, y0, n_obs = inp
+    A, b, Q, GQ, H, d, R, GR, y0, n_obs, ok_qr = inp
     m_p = A @ m + b
     ok_p = jnp.isfinite(jnp.sum(m_p))
     m_p = jnp.where(ok_p, m_p, 0.0)
@@ -126,7 +133,7 @@ def _step(carry, inp):
     z = tri_solve(L_S, (y0 - H @ m_p - d)[:, None])[:, 0]
     ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L_S)))
     m_f = m_p + Kb @ z
-    good = ok_p & (okc > 0) & jnp.isfinite(jnp.sum(m_f) + ll)
+    good = ok_p & ok_qr & (okc > 0) & jnp.isfinite(jnp.sum(m_f) + ll)
     m_f = jnp.where(good, m_f, 0.0)
     ll = jnp.where(good, ll, 0.0)
     ok = ok & good
@@ -137,9 +144,11 @@ def _step(carry, inp):
 def filter_sqrt(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
     """Square-root filter on an unbatched, promoted SSM (internal)."""
     ssm, y0, n_obs, ok_in = setup(ssm, y)
-    GQ = psd_factor(ssm.transition_cov)
-    GR = psd_factor(ssm.observation_cov)
-    L0 = psd_factor(ssm.initial_cov)
+    # Indefinite covariances (beyond rounding) are invalid: the factors would clamp them.
+    GQ, ok_q = psd_factor(ssm.transition_cov)
+    GR, ok_r = psd_factor(ssm.observation_cov)
+    L0, ok_0 = psd_factor(ssm.initial_cov)
+    ok_in = ok_in & ok_0
     xs = (
         ssm.transition,
         ssm.offset,
@@ -151,6 +160,7 @@ def filter_sqrt(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
         GR,
         y0,
         n_obs,
+        ok_q & ok_r,
     )
     init = (ssm.initial_mean, ssm.initial_cov, L0, ok_in)
     (_, _, _, ok), (m_p, m_f, P_f, L_f, ll, ok_t) = lax.scan(_step, init, xs, unroll=unroll)

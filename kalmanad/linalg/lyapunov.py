@@ -3,29 +3,37 @@
 ``solve_continuous_lyapunov(a, q)`` solves ``a X + X aᵀ = q`` and
 ``solve_discrete_lyapunov(a, q)`` solves ``a X aᵀ − X + q = 0`` (scipy's conventions).
 
-Algorithms (only matmul and LU, which JAX has on every backend; no Schur form):
+Algorithms -- matrix products and inverses only, which JAX has on every backend (no
+Schur form, no general eigendecomposition):
 
-* ``n <= _KRON_MAX_N``: the Kronecker system. With row-major vec,
-  ``vec(a X + X aᵀ) = (a ⊗ I + I ⊗ a) vec X`` and ``vec(X − a X aᵀ) = (I − a ⊗ a) vec X``;
-  the n² × n² matrix is LU-factorised once and that factorisation serves the primal
-  solve and, transposed, the adjoint solve of the gradient.
-* ``n > _KRON_MAX_N``: an iteration that costs O(n³) per step --
-  continuous: the scaled Newton iteration for the matrix sign function of
-  ``[[a, −q], [0, −aᵀ]]`` (Roberts 1980; Byers 1987), whose (1, 2) block converges to
-  ``2X`` when ``a`` is stable; discrete: Smith's doubling ``X ← X + A X Aᵀ, A ← A²``,
-  which converges when the spectral radius of ``a`` is below one. Both run in a
-  ``while_loop`` bounded by a maximum iteration count and are followed by iterative
-  refinement on the residual, which brings ill-conditioned cases (stiff or nearly
-  marginal ``a``) from about ``eps·cond(a)`` to the accuracy of the Kronecker LU.
-  Matrices for which the iteration does not apply (continuous: ``a`` not stable;
-  discrete: spectral radius >= 1) fall back to the Kronecker solve, one matrix at a
-  time and only when a batch holds such a matrix.
+* Small n (``n <= 3`` continuous, ``n <= 2`` discrete): the Kronecker system. With
+  row-major vec, ``vec(a X + X aᵀ) = (a ⊗ I + I ⊗ a) vec X`` and
+  ``vec(X − a X aᵀ) = (I − a ⊗ a) vec X``. The n² × n² matrix K is inverted once (so
+  its exact condition number is at hand for the singularity check) and the inverse
+  serves the primal solve and, transposed, the adjoint solve of the gradient; each
+  solve takes one step of refinement on the residual.
+* Larger n: an iteration costing O(n³) per step. Continuous: the scaled Newton
+  iteration for the matrix sign function of ``[[a, −q], [0, −aᵀ]]`` (Roberts 1980;
+  Byers 1987), whose (1, 2) block converges to ``2X`` when ``a`` is stable. Discrete:
+  Smith's doubling ``X ← X + A X Aᵀ, A ← A²``, which converges when the spectral radius
+  of ``a`` is below one. Both run in a ``while_loop`` bounded by a maximum iteration
+  count (inf/NaN stop it), followed by iterative refinement on the residual, which
+  brings ill-conditioned cases (stiff or nearly marginal ``a``) from an error of about
+  ``eps·cond(a)`` to that of a backward-stable solver. Matrices for which the
+  iteration does not apply (continuous: ``a`` not stable; discrete: spectral radius
+  >= 1) fall back to the Kronecker solve -- O(n⁶) time and O(n⁴) memory -- one matrix
+  at a time, and only when the batch holds such a matrix.
 
-The route is chosen statically from ``n`` (a Python-level decision, so there is no
-branching on values under ``jit``); the fallback is a ``lax.cond`` on whether any
-matrix of the batch needs it. Under ``jax.vmap`` the iterative solver batches natively
-(``custom_vmap``), so that predicate stays a scalar and ``vmap`` does not turn the
-fallback into "always compute the Kronecker solve".
+The route is a static, Python-level choice on ``n`` (no branching on values under
+``jit``). The crossover was measured on CPU in float64, batch 1 and 512, primal and
+value-and-grad: the Kronecker route costs O(n⁶) but shares its inverse with the
+gradient; the iterations cost O(n³) per step and the gradient is a second solve. The
+fallback is a ``lax.cond`` on "does any matrix of the batch need it". The iterative
+solvers batch natively under ``jax.vmap`` (``custom_vmap``), so that predicate stays a
+scalar: plain ``vmap`` would turn the ``cond`` into "always compute the fallback".
+
+Inverses are Gauss–Jordan elimination written in ``jax.numpy`` on CPU (see
+:func:`_gauss_jordan_inverse` for why) and the native LU elsewhere.
 
 Derivatives (design.md §4) come from ``jax.lax.custom_linear_solve`` with the linear
 operator ``X ↦ a X + X aᵀ`` (``X ↦ X − a X aᵀ``): the tangent solves the same
@@ -38,7 +46,6 @@ the same solver applied to ``aᵀ``. ``jvp``, ``grad``, ``vmap``, ``jacfwd`` and
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import custom_batching, lax
@@ -47,12 +54,15 @@ from kalmanad.linalg._checks import as_float_array, check_same_shape, check_squa
 
 __all__ = ["solve_continuous_lyapunov", "solve_discrete_lyapunov"]
 
-# Largest n solved through the n² × n² Kronecker system. Measured on CPU (float64,
-# batch 1 and 512, primal and value_and_grad): the Kronecker LU costs O(n⁶) but shares
-# its factorisation with the gradient; the iterations cost O(n³) per step but about
-# ten steps, plus the adjoint solve. The Kronecker route is faster up to n = 8 and
-# the iterative one from n = 12 on.
-_KRON_MAX_N = 3
+# Largest n solved through the n² × n² Kronecker system (see the module docstring). On
+# CPU, float64 (median of repeats; primal / value_and_grad, batch 1 and 512): at
+# n = 3 the continuous Kronecker route takes 0.18 / 0.15 ms and 3.4 / 4.3 ms against
+# 0.11 / 0.31 ms and 4.3 / 8.8 ms for the sign iteration; at n = 4, 0.23 / 0.27 ms and
+# 13 / 14 ms against 0.23 / 0.40 ms and 6.9 / 11 ms. Smith's doubling is cheaper than
+# the sign iteration, so the discrete crossover is lower: at n = 3, 0.18 / 0.24 ms and
+# 3.4 / 3.9 ms (Kronecker) against 0.20 / 0.49 ms and 1.2 / 2.3 ms.
+_KRON_MAX_N_CONTINUOUS = 3
+_KRON_MAX_N_DISCRETE = 2
 
 # Newton sign iteration: with determinant scaling it needs about 10 steps for
 # well-separated spectra and about 25 when an eigenvalue lies within 1e-12 of the
@@ -62,9 +72,13 @@ _MAX_SIGN_ITER = 50
 # spectral radii within 1e-17 of one.
 _MAX_SMITH_ITER = 64
 # Refinement steps on the residual of the iterative routes (each one a full solve,
-# taken only by matrices whose relative residual is still above tolerance and still
-# decreasing).
-_MAX_REFINE = 3
+# taken only while some matrix's relative residual is above n·eps and decreasing).
+# Well-conditioned problems need none; a stiff a (eigenvalues from -1e-3 to -1e3,
+# eigenvectors with condition number 3e3) needs four to reach n·eps.
+_MAX_REFINE = 5
+# A matrix whose relative residual is still above this many times n·eps after
+# refinement goes to the Kronecker solve, like one outside the iteration's domain.
+_ACCEPT_FACTOR = 100
 
 
 def solve_continuous_lyapunov(a, q):
@@ -82,17 +96,20 @@ def solve_continuous_lyapunov(a, q):
       (integer input is promoted). Where ``q`` is exactly symmetric, ``X`` is returned
       exactly symmetric (``(X + Xᵀ)/2``; the exact solution is symmetric then).
 
-    The equation has a unique solution iff ``λᵢ + λⱼ ≠ 0`` for all eigenvalues of
-    ``a`` (so any stable ``a`` qualifies; ``a = 0`` or ``a`` with eigenvalues ``±λ``
-    does not). Where it has none -- or the Kronecker matrix ``a ⊗ I + I ⊗ a`` is
-    singular to working precision (estimated reciprocal 1-norm condition number below
-    ``n² · eps``) -- that matrix's result is all NaN, with no exception, also inside
-    ``jit``. NaN input gives NaN output. Gradients with respect to ``a`` and ``q`` are
-    given by the adjoint equation (module docstring).
+    The equation has a unique solution iff ``λᵢ + λⱼ ≠ 0`` for all pairs of eigenvalues
+    of ``a``: every stable ``a`` qualifies; ``a = 0``, or an ``a`` with eigenvalues ``λ``
+    and ``−λ``, does not. Where it has none, that matrix's result is all NaN -- no
+    exception, also inside ``jit`` -- and so are the derivatives. Precisely: the
+    Kronecker solve returns NaN when ``K = a ⊗ I + I ⊗ a`` is singular to working
+    precision, ``1 / (‖K‖₁ ‖K⁻¹‖₁) < n² · eps``; the sign iteration only accepts stable
+    ``a`` (unique solution) and hands every other matrix to the Kronecker solve. NaN
+    input gives NaN output.
 
-    For ``n <= 8`` the Kronecker system is solved by LU; for larger ``n`` the scaled
-    Newton sign-function iteration with iterative refinement is used when ``a`` is
-    stable, and the Kronecker solve otherwise (O(n⁶) time, O(n⁴) memory).
+    Method: for ``n <= 3`` the Kronecker system; for larger ``n`` the scaled Newton
+    sign-function iteration with iterative refinement where ``a`` is stable, and the
+    Kronecker system otherwise (O(n⁶) time, O(n⁴) memory). Gradients with respect to
+    ``a`` and ``q`` come from the adjoint equation ``aᵀ Λ + Λ a = X̄`` (module
+    docstring).
     """
     a, q = _prepare(a, q, "solve_continuous_lyapunov")
     return _solve(a, q, discrete=False)
@@ -114,16 +131,19 @@ def solve_discrete_lyapunov(a, q):
       (integer input is promoted). Where ``q`` is exactly symmetric, ``X`` is returned
       exactly symmetric (``(X + Xᵀ)/2``).
 
-    The equation has a unique solution iff ``λᵢ λⱼ ≠ 1`` for all eigenvalues of ``a``
-    (``a = I`` or a rotation does not qualify). Where it has none -- or ``I − a ⊗ a``
-    is singular to working precision (estimated reciprocal 1-norm condition number
-    below ``n² · eps``) -- that matrix's result is all NaN, with no exception, also
-    inside ``jit``. NaN input gives NaN output. Gradients come from the adjoint
-    equation ``Λ − aᵀ Λ a = X̄`` (module docstring).
+    The equation has a unique solution iff ``λᵢ λⱼ ≠ 1`` for all pairs of eigenvalues
+    of ``a``: every ``a`` with spectral radius below one qualifies; ``a = I``, or a
+    rotation, does not. Where it has none, that matrix's result is all NaN -- no
+    exception, also inside ``jit`` -- and so are the derivatives. Precisely: the
+    Kronecker solve returns NaN when ``K = I − a ⊗ a`` is singular to working precision,
+    ``1 / (‖K‖₁ ‖K⁻¹‖₁) < n² · eps``; Smith's doubling only accepts spectral radius
+    below one (unique solution) and hands every other matrix to the Kronecker solve.
+    NaN input gives NaN output.
 
-    For ``n <= 8`` the Kronecker system is solved by LU; for larger ``n`` Smith's
-    doubling with iterative refinement is used when the spectral radius of ``a`` is
-    below one, and the Kronecker solve otherwise (O(n⁶) time, O(n⁴) memory).
+    Method: for ``n <= 2`` the Kronecker system; for larger ``n`` Smith's doubling with
+    iterative refinement where the spectral radius of ``a`` is below one, and the
+    Kronecker system otherwise (O(n⁶) time, O(n⁴) memory). Gradients come from the
+    adjoint equation ``Λ − aᵀ Λ a = X̄`` (module docstring).
     """
     a, q = _prepare(a, q, "solve_discrete_lyapunov")
     return _solve(a, q, discrete=True)
@@ -186,14 +206,17 @@ def _solve(a, q, discrete):
     def matvec(x):
         return _operator(a, x, discrete)
 
-    if a.shape[-1] <= _KRON_MAX_N:
-        fact = _kron_factor(a_const, discrete)
+    kron_max_n = _KRON_MAX_N_DISCRETE if discrete else _KRON_MAX_N_CONTINUOUS
+    if a.shape[-1] <= kron_max_n:
+        # One inverse serves both solves: K(aᵀ) = K(a)ᵀ for both equations.
+        k_inv, ok = _kron_inverse(a_const, discrete)
 
         def solve(_, b):
-            return _symmetrise_like(b, _kron_solve(fact, b, trans=False))
+            return _symmetrise_like(b, _kron_solve(a_const, k_inv, ok, b, discrete))
 
         def transpose_solve(_, b):
-            return _symmetrise_like(b, _kron_solve(fact, b, trans=True))
+            x = _kron_solve(_mT(a_const), _mT(k_inv), ok, b, discrete)
+            return _symmetrise_like(b, x)
 
     else:
         iterative = _smith_solve if discrete else _sign_solve
@@ -273,28 +296,24 @@ def _kron_matrix(a, discrete):
     return k
 
 
-def _kron_factor(a, discrete, inverse=_inverse):
-    """Inverse of the Kronecker matrix K and a flag: K nonsingular to working precision.
-
-    The flag is ``1 / (‖K‖₁ ‖K⁻¹‖₁) >= n² · eps``; it is False for NaN input, since every
-    comparison with NaN is. With the inverse in hand, the primal and the adjoint solve
-    are each a few matrix-vector products.
-    """
+def _kron_inverse(a, discrete, inverse=_inverse):
+    """``(K⁻¹, ok)``: the inverse of the Kronecker matrix K and whether K is nonsingular
+    to working precision, ``1 / (‖K‖₁ ‖K⁻¹‖₁) >= n² · eps`` (False for NaN input, as
+    every comparison with NaN is)."""
     k = _kron_matrix(a, discrete)
     k_inv, _ = inverse(k)
     rcond = 1.0 / (_norm1(k) * _norm1(k_inv))
-    ok = rcond >= k.shape[-1] * jnp.finfo(k.dtype).eps
-    return a, k_inv, ok, discrete
+    return k_inv, rcond >= k.shape[-1] * jnp.finfo(k.dtype).eps
 
 
-def _kron_solve(fact, b, trans):
-    """``vec X = K⁻¹ vec b`` (``trans=True``: ``K⁻ᵀ``, the adjoint equation), NaN where K is
-    singular, plus one step of refinement on the residual: a solve through an explicit
-    inverse has a residual up to ``cond(K)`` times larger than an LU solve; one step
-    brings it down to the LU level."""
-    a, k_inv, ok, discrete = fact
-    if trans:
-        a, k_inv = _mT(a), _mT(k_inv)
+def _kron_solve(a, k_inv, ok, b, discrete):
+    """Solve ``L(X) = b`` with ``vec X = K⁻¹ vec b``; NaN where K is singular.
+
+    One step of refinement on the residual follows: a solve through an explicit
+    inverse can leave a residual ``cond(K)`` times larger than an LU solve does, and
+    one step brings it down to that level (measured: forward errors then match or beat
+    scipy's Bartels–Stewart on stiff, nearly marginal and non-normal cases).
+    """
     n = b.shape[-1]
 
     def apply_inv(r):
@@ -336,8 +355,10 @@ def _sign_iteration(a, q):
     ``C ← (μ C + A⁻¹ C A⁻ᵀ/μ)/2``, with determinant scaling ``μ = |det A|^(−1/n)``
     (Byers 1987) while far from convergence. For stable ``a``, ``A → −I``, ``C → 2X``.
 
-    Returns ``(X, converged)``; ``converged`` is False where ``a`` is not stable (the
-    iteration settles on a sign other than −I), where it has eigenvalues on the
+    A matrix stops when ``‖A + I‖₁ <= 10 n eps``, or when the step no longer changes
+    ``A`` (the rounding floor, or a fixed point other than −I), or on inf/NaN. Returns
+    ``(X, converged)``: converged means stopped at −I (any other sign matrix S has
+    ``‖S + I‖₁ >= 2``), so it is False where ``a`` is not stable, has eigenvalues on the
     imaginary axis, for NaN input, or after ``_MAX_SIGN_ITER`` steps.
     """
     n = a.shape[-1]
@@ -360,7 +381,6 @@ def _sign_iteration(a, q):
         c_new = 0.5 * (mu * ck + inv @ ck @ _mT(inv) / mu)
         dist_new = _norm1(a_new + eye)
         change = _norm1(a_new - ak)
-        # Stop at −I, at another fixed point (`a` not stable), or on inf/NaN.
         stop = (dist_new <= tol) | (change <= tol * _norm1(a_new)) | ~jnp.isfinite(dist_new)
         keep = done[..., None, None]
         return (
@@ -372,8 +392,8 @@ def _sign_iteration(a, q):
         )
 
     init = (0, a, -q, jnp.full(batch, jnp.inf, dtype), jnp.zeros(batch, bool))
-    _, _, c, dist, _ = lax.while_loop(cond, body, init)
-    return 0.5 * c, dist <= tol
+    _, _, c, dist, done = lax.while_loop(cond, body, init)
+    return 0.5 * c, done & (dist < 1.0)
 
 
 def _smith_iteration(a, q):
@@ -386,7 +406,6 @@ def _smith_iteration(a, q):
     or after ``_MAX_SMITH_ITER`` steps.
     """
     eps = jnp.finfo(a.dtype).eps
-    batch = a.shape[:-2]
 
     def tail(ak):
         return _norm1(ak) * _norm1(_mT(ak))
@@ -414,8 +433,9 @@ def _refine_and_fall_back(a, q, iteration, discrete):
 
     Refinement: ``X ← X + solve(q − L(X))`` while the relative residual
     ``‖q − L(X)‖₁ / (‖L‖ ‖X‖₁ + ‖q‖₁)`` is above ``n · eps`` and decreasing, at most
-    ``_MAX_REFINE`` times. Matrices the iteration cannot handle are solved through the
-    Kronecker system one at a time (``lax.map``), and only if the batch has any.
+    ``_MAX_REFINE`` times. Matrices the iteration cannot handle, or whose residual stays
+    above ``_ACCEPT_FACTOR · n · eps``, are solved through the Kronecker system one at a
+    time (``lax.map``), and only if the batch has any: a backward-stable safety net.
     """
     n = a.shape[-1]
     tol = n * jnp.finfo(a.dtype).eps
@@ -461,7 +481,8 @@ def _refine_and_fall_back(a, q, iteration, discrete):
         jnp.ones(batch, bool),
         jnp.ones(batch, bool),
     )
-    _, x, _, _, _, ok = lax.while_loop(cond, body, init)
+    _, x, _, err, _, ok = lax.while_loop(cond, body, init)
+    ok = ok & (err <= _ACCEPT_FACTOR * tol)
 
     def fall_back(x):
         flat = (a.reshape(-1, n, n), q.reshape(-1, n, n), x.reshape(-1, n, n), ok.reshape(-1))
@@ -471,8 +492,8 @@ def _refine_and_fall_back(a, q, iteration, discrete):
 
             def kron():
                 # One matrix at a time: the (large) Kronecker matrix goes to LU unbatched.
-                fact = _kron_factor(a_i, discrete, inverse=_lu_inverse)
-                return _kron_solve(fact, q_i, trans=False)
+                k_inv, ok = _kron_inverse(a_i, discrete, inverse=_lu_inverse)
+                return _kron_solve(a_i, k_inv, ok, q_i, discrete)
 
             return lax.cond(ok_i, lambda: x_i, kron)
 
