@@ -166,6 +166,7 @@ def test_dense_reference_with_missing_and_zero_steps(method):
             assert np.all(np.diagonal(np.asarray(L), axis1=-2, axis2=-1) > 0)
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(
     shape=st.sampled_from([(1, 1, 1), (5, 2, 3), (6, 3, 1)]),
@@ -183,6 +184,7 @@ def test_dense_reference_property(shape, seed):
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12, err_msg=method)
 
 
+@pytest.mark.slow
 def test_methods_agree_long_series():
     rng = np.random.default_rng(1)
     T, n, m = 64, 3, 2
@@ -201,6 +203,7 @@ def test_methods_agree_long_series():
         np.testing.assert_allclose(r.predicted_cov, ref.predicted_cov, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_partial_missing_equals_dropping_the_channel():
     rng = np.random.default_rng(2)
     T, n = 6, 2
@@ -221,6 +224,7 @@ def test_partial_missing_equals_dropping_the_channel():
         np.testing.assert_allclose(a.filtered_cov, b.filtered_cov, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_all_missing_contributes_exactly_zero():
     rng = np.random.default_rng(3)
     ssm = random_ssm(rng, 5, 2, 2)
@@ -482,6 +486,7 @@ def test_check_grads(method):
         check_grads(f, (ssm,), order=2, modes=("rev",))
 
 
+@pytest.mark.slow
 def test_gradients_at_zero_length_steps_are_finite_and_agree():
     # Q = 0 (Δ = 0) and a singular initial covariance: the square root of a covariance
     # has an infinite derivative there, the log-likelihood does not.
@@ -591,6 +596,7 @@ def test_simulate_moments():
     assert one.states.shape == (T, n)
 
 
+@pytest.mark.slow
 def test_forecast_matches_dense_moments():
     rng = np.random.default_rng(12)
     T, n, m = 5, 3, 2
@@ -621,6 +627,7 @@ def test_forecast_matches_dense_moments():
 # ------------------------------------------------------------------ ragged / batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_vmap_ragged_subjects_padding_contributes_nothing(method):
     rng = np.random.default_rng(13)

@@ -261,8 +261,29 @@ def sanitize_inputs(ssm: DiscreteSSM, y0):
         x = jnp.where(fin, x, 0.0)
         if name in ("transition_cov", "observation_cov", "initial_cov"):
             x = symmetrize(x)
+            ok = ok & _passes_psd_minors(x)
         fields.append(x)
     return DiscreteSSM(*fields), ok
+
+
+def _passes_psd_minors(c):
+    """Necessary condition for PSD ``c`` (..., k, k): every 1x1 and 2x2 principal minor
+    is non-negative (``c_ii >= 0``, ``c_ij² <= c_ii c_jj``), up to rounding.
+
+    O(k²) per matrix and outside the scan. A covariance that is indefinite in a way
+    the minors miss is still caught when it makes an innovation covariance non-PD;
+    an invalid noise covariance that the data would never expose (e.g. a negative
+    observation variance smaller than the predicted state variance) is caught here.
+    """
+    diag = jnp.diagonal(c, axis1=-2, axis2=-1)
+    eps = jnp.finfo(c.dtype).eps
+    scale = jnp.max(jnp.abs(diag), axis=-1, keepdims=True)
+    ok_diag = jnp.all(diag >= -8 * eps * scale)
+    d = jnp.maximum(diag, 0.0)
+    bound = d[..., :, None] * d[..., None, :]
+    slack = 8 * eps * scale[..., None] ** 2
+    ok_minor = jnp.all(c * c <= bound + slack)
+    return ok_diag & ok_minor
 
 
 def finite_scalar(*xs):

@@ -112,13 +112,18 @@ def filter_parallel(ssm: DiscreteSSM, y) -> FilterResult:
     P_prev = jnp.concatenate([P0[None], P_f[:-1]], axis=0)
     m_p = (F @ m_prev[..., None])[..., 0] + b
     P_p = symmetrize(F @ P_prev @ mT(F)) + Q
+    # An overflowing prediction (e.g. a huge transition) is invalid: replace it before
+    # it meets H, so that no inf·0 reaches the gradients of the observation model.
+    fin_p = jnp.isfinite(jnp.sum(m_p, -1) + jnp.sum(P_p, (-2, -1)))
+    m_p = jnp.where(fin_p[:, None], m_p, 0.0)
+    P_p = jnp.where(fin_p[:, None, None], P_p, eye)
     L, ok_s = safe_cholesky(symmetrize(H @ P_p @ mT(H)) + R)
     v = y0 - (H @ m_p[..., None])[..., 0] - d
     z = tri_solve(L, v[..., None])[..., 0]
     ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z, axis=-1)) - jnp.sum(
         jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1
     )
-    ok_t = ok_e & ok_s & jnp.isfinite(ll) & fin_f
+    ok_t = ok_e & ok_s & jnp.isfinite(ll) & fin_f & fin_p
     ok_t = ok_t & ok_in
     bad = first_bad_mask(ok_t)
     ll = jnp.where(ok_t, ll, 0.0)
