@@ -151,7 +151,7 @@ def _check_drift_diffusion(drift, diffusion):
     return a, q
 
 
-def _check_dt(dt, dtype):
+def _check_dt(dt):
     dt_c = _concrete(dt)
     if dt_c is not None:
         dt_c = np.asarray(dt_c, dtype=np.float64)
@@ -167,13 +167,16 @@ def _check_dt(dt, dtype):
     return None
 
 
-def _require_stable(a, what: str) -> None:
+def _require_stable(a, what: str, hint: str) -> None:
     a_c = _concrete(a)
-    if a_c is not None and not _is_stable_np(a_c):
-        raise ValueError(
-            f"{what} needs a stable drift, but the largest real part of the eigenvalues of "
-            f"drift is {_max_real_eigenvalue(a_c):.6g} (must be < 0); use method='van_loan'"
-        )
+    if a_c is None or _is_stable_np(a_c):
+        return
+    if not np.all(np.isfinite(a_c)):
+        raise ValueError(f"{what} needs a stable drift, but drift has non-finite entries")
+    raise ValueError(
+        f"{what} needs a stable drift, but the largest real part of the eigenvalues of "
+        f"drift is {_max_real_eigenvalue(a_c):.6g} (must be < 0); {hint}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -540,10 +543,10 @@ def discretize_augmented(drift, diffusion, dt, forcing=None, *, method: str = "v
             )
     dtype = jnp.result_type(a, q, w)
     a, q, w = a.astype(dtype), q.astype(dtype), w.astype(dtype)
+    dt_c = _check_dt(dt)  # on the raw input: jnp ops inside a jit trace give tracers
     dt = as_float_array(dt, "dt")
-    dt_c = _check_dt(dt, dtype)
     if method == "stationary":
-        _require_stable(a, "method='stationary'")
+        _require_stable(a, "method='stationary'", "use method='van_loan'")
     dt = jnp.asarray(dt_c, dtype) if dt_c is not None else dt.astype(dtype)
     return _discretize_deduped(a, q, w, dt, dt_c, method)
 
@@ -605,6 +608,7 @@ def discretize_step(
 def _step_inputs(u, name, batch, p, dtype):
     if u is None:
         return jnp.zeros((*batch, p), dtype)
+    _check_finite(u, name)
     u = as_float_array(u, name)
     if u.ndim < 1 or u.shape[-1] != p:
         raise ValueError(
@@ -617,7 +621,6 @@ def _step_inputs(u, name, batch, p, dtype):
             f"{name} has shape {u.shape}, whose leading dims do not broadcast with dt "
             f"{tuple(batch)}"
         ) from None
-    _check_finite(u, name)
     return jnp.broadcast_to(u, (*shape, p)).astype(dtype)
 
 
@@ -743,7 +746,11 @@ def initial_moments(model: LinearSDE):
     a_c = _concrete(a)
     eye = jnp.eye(n, dtype=dtype)
     if a_c is not None:
-        _require_stable(a, "a stationary initial state")
+        _require_stable(
+            a,
+            "a stationary initial state",
+            "give initial_mean and initial_cov, or initial_state='diffuse'",
+        )
         a_safe = a
     else:
         a_safe = jnp.where(drift_is_stable(a), a, -eye)
@@ -817,7 +824,7 @@ def discretize_model(
                 f"inputs has shape {u.shape} but times is {t_shape} and the model has p={p} "
                 f"inputs: expected (..., {T}, {p})"
             )
-        _check_finite(u, "inputs")
+        _check_finite(inputs, "inputs")
         u = u.astype(dtype)
     try:
         batch = jnp.broadcast_shapes(t_shape[:-1], u.shape[:-2])
@@ -826,7 +833,7 @@ def discretize_model(
             f"inputs has shape {u.shape}, whose leading dims do not broadcast with times {t_shape}"
         ) from None
     if method == "stationary":
-        _require_stable(model.drift, "method='stationary'")
+        _require_stable(model.drift, "method='stationary'", "use method='van_loan'")
 
     a, q, w = model.drift, model.diffusion, _forcing(model)
     if grid is None and t_c is not None:

@@ -81,9 +81,7 @@ def test_input_columns_inferred_from_any_input_effect():
 def test_integer_input_promoted_and_dtypes_unified():
     m = LinearSDE([[-1]], [[1]], [[1]], [[1]])
     assert jnp.issubdtype(m.drift.dtype, jnp.floating)
-    m = LinearSDE(
-        np.array([[-1.0]], np.float32), np.array([[1.0]], np.float64), [[1.0]], [[1.0]]
-    )
+    m = LinearSDE(np.array([[-1.0]], np.float32), np.array([[1.0]], np.float64), [[1.0]], [[1.0]])
     assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(m))
     m = LinearSDE(*(np.array([[v]], np.float32) for v in (-1.0, 1.0, 1.0, 1.0)))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(m))
@@ -100,7 +98,7 @@ def test_immutable_repr_and_replace():
         m.drift = jnp.zeros((2, 2))
     assert "LinearSDE(" in repr(m) and "initial_state='stationary'" in repr(m)
     with pytest.raises(AttributeError):
-        m.no_such_field  # noqa: B018
+        m.no_such_field
     m2 = m.replace(observation_noise=[[0.2]])
     np.testing.assert_array_equal(m2.observation_noise, [[0.2]])
     np.testing.assert_array_equal(m2.drift, m.drift)
@@ -157,8 +155,10 @@ def test_jit_vmap_grad_through_a_model():
 
     def loss(theta):
         model = LinearSDE(
-            drift=-jnp.exp(theta) * jnp.eye(2), diffusion=jnp.eye(2),
-            observation=jnp.ones((1, 2)), observation_noise=jnp.eye(1),
+            drift=-jnp.exp(theta) * jnp.eye(2),
+            diffusion=jnp.eye(2),
+            observation=jnp.ones((1, 2)),
+            observation_noise=jnp.eye(1),
         )
         return jnp.sum(model.drift**2)
 
@@ -220,20 +220,38 @@ def test_check_stable():
 @pytest.mark.parametrize(
     ("kw", "msg"),
     [
-        (dict(drift=[[-1.0, 0.0]]), "drift must be a square (n, n) matrix with n >= 1, got shape (1, 2)"),
+        (
+            dict(drift=[[-1.0, 0.0]]),
+            "drift must be a square (n, n) matrix with n >= 1, got shape (1, 2)",
+        ),
         (dict(drift=np.zeros((0, 0))), "drift must be a square (n, n) matrix"),
-        (dict(observation=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
-         "observation has shape (2, 3) but drift is (2, 2): expected (m, 2)"),
+        (
+            dict(observation=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+            "observation has shape (2, 3) but drift is (2, 2): expected (m, 2)",
+        ),
         (dict(observation=[1.0, 0.0]), "observation has shape (2,) but drift is (2, 2)"),
         (dict(diffusion=np.eye(3)), "diffusion has shape (3, 3) but expected (2, 2)"),
-        (dict(observation_noise=np.eye(2)), "observation_noise has shape (2, 2) but expected (1, 1)"),
+        (
+            dict(observation_noise=np.eye(2)),
+            "observation_noise has shape (2, 2) but expected (1, 1)",
+        ),
         (dict(drift_intercept=[1.0]), "drift_intercept has shape (1,) but expected (2,)"),
-        (dict(observation_intercept=[1.0, 2.0]), "observation_intercept has shape (2,) but expected (1,)"),
-        (dict(input_effect=[[1.0, 2.0]]), "input_effect has shape (1, 2) but expected (n, p) with n=2"),
-        (dict(observation_input_effect=[[1.0], [2.0]]),
-         "observation_input_effect has shape (2, 1) but expected (m, p) with m=1"),
-        (dict(input_effect=np.ones((2, 2)), impulse_effect=np.ones((2, 3))),
-         "impulse_effect has shape (2, 3) but input_effect has 2 input columns"),
+        (
+            dict(observation_intercept=[1.0, 2.0]),
+            "observation_intercept has shape (2,) but expected (1,)",
+        ),
+        (
+            dict(input_effect=[[1.0, 2.0]]),
+            "input_effect has shape (1, 2) but expected (n, p) with n=2",
+        ),
+        (
+            dict(observation_input_effect=[[1.0], [2.0]]),
+            "observation_input_effect has shape (2, 1) but expected (m, p) with m=1",
+        ),
+        (
+            dict(input_effect=np.ones((2, 2)), impulse_effect=np.ones((2, 3))),
+            "impulse_effect has shape (2, 3) but input_effect has 2 input columns",
+        ),
         (dict(initial_mean=[0.0, 0.0, 0.0]), "initial_mean has shape (3,) but expected (2,)"),
         (dict(initial_cov=np.eye(3)), "initial_cov has shape (3, 3) but expected (2, 2)"),
     ],
@@ -254,22 +272,44 @@ def test_shape_errors_also_under_jit():
         (dict(drift=[[np.nan, 0.0], [0.0, -1.0]]), "drift must be finite, got nan at index (0, 0)"),
         (dict(observation=[[1.0, np.inf]]), "observation must be finite"),
         (dict(drift_intercept=[0.0, np.nan]), "drift_intercept must be finite"),
-        (dict(diffusion=[[1.0, 0.5], [0.0, 1.0]]), "diffusion must be symmetric, but diffusion[0, 1]=0.5"),
-        (dict(diffusion=[[1.0, 2.0], [2.0, 1.0]]),
-         "diffusion must be positive semi-definite, but its smallest eigenvalue is -1"),
+        (
+            dict(diffusion=[[1.0, 0.5], [0.0, 1.0]]),
+            "diffusion must be symmetric, but diffusion[0, 1]=0.5",
+        ),
+        (
+            dict(diffusion=[[1.0, 2.0], [2.0, 1.0]]),
+            "diffusion must be positive semi-definite, but its smallest eigenvalue is -1",
+        ),
         (dict(observation_noise=[[-0.1]]), "observation_noise must be positive semi-definite"),
         (dict(initial_cov=[[1.0, 0.0], [0.0, -1.0]]), "initial_cov must be positive semi-definite"),
         (dict(initial_cov=[[1.0, 0.1], [0.0, 1.0]]), "initial_cov must be symmetric"),
-        (dict(drift=[[0.5, 0.0], [0.0, -1.0]]),
-         "a stationary initial state needs a stable drift, but the largest real part of the "
-         "eigenvalues of drift is 0.5"),
+        (
+            dict(drift=[[0.5, 0.0], [0.0, -1.0]]),
+            "a stationary initial state needs a stable drift, but the largest real part of the "
+            "eigenvalues of drift is 0.5",
+        ),
         (dict(drift=[[0.0, 1.0], [0.0, 0.0]]), "a stationary initial state needs a stable drift"),
-        (dict(initial_state="bogus"), "initial_state must be one of ('known', 'stationary', 'diffuse')"),
+        (
+            dict(initial_state="bogus"),
+            "initial_state must be one of ('known', 'stationary', 'diffuse')",
+        ),
         (dict(initial_state="known"), "initial_state='known' needs initial_cov"),
-        (dict(initial_state="diffuse", initial_cov=np.eye(2)), "initial_state='diffuse' takes no initial_cov"),
-        (dict(initial_state="stationary", initial_cov=np.eye(2)), "initial_state='stationary' takes no"),
-        (dict(initial_state="diffuse", diffuse_scale=-1.0), "diffuse_scale must be a positive finite"),
-        (dict(initial_state="diffuse", diffuse_scale=np.inf), "diffuse_scale must be a positive finite"),
+        (
+            dict(initial_state="diffuse", initial_cov=np.eye(2)),
+            "initial_state='diffuse' takes no initial_cov",
+        ),
+        (
+            dict(initial_state="stationary", initial_cov=np.eye(2)),
+            "initial_state='stationary' takes no",
+        ),
+        (
+            dict(initial_state="diffuse", diffuse_scale=-1.0),
+            "diffuse_scale must be a positive finite",
+        ),
+        (
+            dict(initial_state="diffuse", diffuse_scale=np.inf),
+            "diffuse_scale must be a positive finite",
+        ),
     ],
 )
 def test_value_errors(kw, msg):
@@ -278,6 +318,8 @@ def test_value_errors(kw, msg):
 
 
 def test_psd_singular_covariances_are_fine():
-    m = ou(diffusion=[[0.0, 0.0], [0.0, 1.0]], observation_noise=[[0.0]], initial_cov=np.zeros((2, 2)))
+    m = ou(
+        diffusion=[[0.0, 0.0], [0.0, 1.0]], observation_noise=[[0.0]], initial_cov=np.zeros((2, 2))
+    )
     assert bool(m.is_valid())
     assert INITIAL_STATES == ("known", "stationary", "diffuse")
