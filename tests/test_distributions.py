@@ -43,7 +43,7 @@ def test_log_prob_equals_filter_log_likelihood():
     np.testing.assert_allclose(d.pointwise_log_prob(y), ref.pointwise_log_likelihood, rtol=1e-13)
 
 
-@pytest.mark.parametrize("method", ["sqrt", "parallel"])
+@pytest.mark.parametrize("method", ["sqrt", pytest.param("parallel", marks=pytest.mark.slow)])
 def test_methods_agree(method):
     t, y = _data(1)
     a = LinearSDEDistribution(_model(), t).log_prob(y)
@@ -84,6 +84,7 @@ def test_batched_model_in_a_plate():
     np.testing.assert_allclose(tr["y"]["fn"].log_prob(y).sum(), lp.sum(), rtol=1e-13)
 
 
+@pytest.mark.slow
 def test_nuts_style_gradient_with_invalid_region_is_finite():
     t, y = _data(4)
 

@@ -155,14 +155,17 @@ def test_vmap_pays_for_one_pade_branch():
 
     A StableHLO ``case`` op only exists with a scalar index, and JAX lowers a switch whose
     index is batched to ``select`` over every branch instead. So the lowered module must
-    contain exactly one ``case`` for the forward pass (two for forward + reverse), while
-    jax.scipy.linalg.expm under vmap contains none.
+    contain exactly one ``case`` for the forward pass, and the gradient must keep every
+    ``case`` of the unbatched gradient (forward switch, reverse switch, the reverse pass's
+    squaring guard), while jax.scipy.linalg.expm under vmap contains none.
     """
     a = jnp.asarray(rng_for(9).standard_normal((16, 4, 4)))
     ours = jax.jit(jax.vmap(expm)).lower(a).as_text()
     assert ours.count('"stablehlo.case"') == 1
-    grad = jax.vmap(jax.grad(lambda m: jnp.sum(jnp.sin(expm(m)))))
-    assert jax.jit(grad).lower(a).as_text().count('"stablehlo.case"') == 2
+    grad1 = jax.grad(lambda m: jnp.sum(jnp.sin(expm(m))))
+    n_cases = jax.jit(grad1).lower(a[0]).as_text().count('"stablehlo.case"')
+    assert n_cases >= 2
+    assert jax.jit(jax.vmap(grad1)).lower(a).as_text().count('"stablehlo.case"') == n_cases
     reference = jax.jit(jax.vmap(jax.scipy.linalg.expm)).lower(a).as_text()
     assert reference.count('"stablehlo.case"') == 0
     # The batching rule binds the forward primitive once on the whole batch.

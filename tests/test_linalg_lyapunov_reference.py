@@ -66,6 +66,7 @@ def test_non_stable_drift_falls_back_and_stays_accurate(n):
     assert _rel(x, scipy.linalg.solve_continuous_lyapunov(a, q)) < 1e-8
 
 
+@pytest.mark.slow
 def test_batched_equals_per_matrix_and_vmap():
     a = np.stack([_stable(4, s) for s in range(6)])
     q = np.stack([_rhs(4, s, symmetric=True) for s in range(6)])
@@ -85,6 +86,7 @@ def test_symmetric_rhs_gives_symmetric_solution():
     np.testing.assert_allclose(xd, xd.T, atol=1e-12 * np.abs(xd).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 10])
 def test_gradients_continuous(n):
     a, q = _stable(n, 2), _rhs(n, 2)
@@ -93,6 +95,7 @@ def test_gradients_continuous(n):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 10])
 def test_gradients_discrete(n):
     a, q = _schur_stable(n, 3, 0.7), _rhs(n, 3)
@@ -121,6 +124,7 @@ def test_adjoint_rule_discrete_against_scipy():
     np.testing.assert_allclose(ga, lam @ a @ x.T + lam.T @ a @ x, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(n=st.integers(1, 6), seed=st.integers(0, 10_000), c=st.floats(-3.0, 3.0))
 def test_residual_and_linearity_in_q(n, seed, c):

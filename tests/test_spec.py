@@ -867,6 +867,7 @@ def test_spec_file_errors_name_the_file(tmp_path):
 # ------------------------------------------------------------------- hierarchical
 
 
+@pytest.mark.slow
 def test_hierarchical_prior_draws_respect_support():
     spec = load_model("panel_ctvar")
     assert spec.is_hierarchical
@@ -1110,6 +1111,7 @@ def test_numpyro_model_single_series_log_prob():
     np.testing.assert_allclose(sites["timescale"], 1 / 0.6)
 
 
+@pytest.mark.slow
 def test_numpyro_model_panel_long_format_and_padding():
     dists = _distributions()
     spec = load_model("panel_ctvar")
@@ -1157,6 +1159,7 @@ def test_numpyro_model_panel_long_format_and_padding():
         handlers.seed(spec.numpyro_model, 0)(times[:20], y[:20])
 
 
+@pytest.mark.slow
 def test_numpyro_model_never_raises_on_invalid_draws():
     _distributions()
     spec = load_model("ctvar")

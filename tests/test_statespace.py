@@ -17,7 +17,14 @@ import scipy.stats
 import kalmanad
 from kalmanad import LinearSDE
 
-METHODS = ("sequential", "sqrt", "parallel")
+# The sqrt and parallel filters are checked against the same references in the slow job
+# (``pytest -m slow``); the default job runs the sequential filter here, and
+# tests/test_filter_core.py compares all three on every reference.
+METHODS = (
+    "sequential",
+    pytest.param("sqrt", marks=pytest.mark.slow),
+    pytest.param("parallel", marks=pytest.mark.slow),
+)
 
 
 def _rel(a, b):
@@ -166,6 +173,7 @@ def test_log_likelihood_matches_tinygp_quasisep(name, method):
     assert _rel(ll, ref) < 1e-8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_gradient_matches_tinygp_matern32(method):
     from tinygp import GaussianProcess
@@ -274,6 +282,7 @@ def test_dense_gaussian_reference_with_intercepts_missing_and_ties(method):
 # ----------------------------------------------------------- panels, inputs, validity
 
 
+@pytest.mark.slow
 def test_panel_of_subjects_with_ragged_padding_equals_separate_fits():
     drift, diffusion, obs, noise, y = _var_data(seed=2, T=30)
     model = LinearSDE(drift, diffusion, obs, noise)
@@ -293,6 +302,7 @@ def test_panel_of_subjects_with_ragged_padding_equals_separate_fits():
     np.testing.assert_allclose(kalmanad.log_likelihood(batched, times, ys), [ll1, ll2], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_invalid_parameters_give_minus_inf_and_finite_gradients():
     t, y = _irregular(n=40)
 
@@ -322,6 +332,7 @@ def test_bad_y_shape_and_unsorted_times_raise():
         kalmanad.log_likelihood(model, np.array([0.0, 2.0, 1.0]), np.zeros((3, 1)))
 
 
+@pytest.mark.slow
 def test_simulate_then_filter_moments():
     """Exact simulation: the sample mean and variance of the draws match the filter's
     prior predictive moments (all-missing data gives the marginals)."""
@@ -363,6 +374,7 @@ def test_forecast_matches_closed_form_ou():
         np.testing.assert_allclose(fc.observation_cov[k, 0, 0], var + r, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_rts_smoother_matches_dense_conditioning():
     rng = np.random.default_rng(1)
     drift = np.array([[-0.4, 0.8], [-0.8, -0.4]])
