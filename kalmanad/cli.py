@@ -25,8 +25,21 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+# XLA's older CPU fusion emitters compile the sampler about twice as fast (measured on
+# the OU model's log-likelihood gradient: 2.7 s against 5.9 s), at 10-20% more run
+# time per gradient; for a command whose wall time is mostly compilation that is a
+# clear win. Applied only when the user's XLA_FLAGS do not mention the option.
+_COMPILE_FAST_FLAG = "--xla_cpu_use_fusion_emitters=false"
+
+
 def _enable_x64() -> None:
-    # The command is an application, not a library: it chooses float64 for itself.
+    # The command is an application, not a library: it chooses float64 for itself
+    # (and, before JAX starts its CPU backend, the faster-compiling emitters).
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _COMPILE_FAST_FLAG.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_COMPILE_FAST_FLAG}".strip()
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -210,6 +210,29 @@ class MAPResult(NamedTuple):
     message: str
 
 
+def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
+    """Symmetrised Hessian (k, k) by central differences of an exact gradient.
+
+    Column i is ``(g(x + hᵢeᵢ) − g(x − hᵢeᵢ)) / 2hᵢ`` with ``hᵢ = ε^{1/3} max(1, |xᵢ|)``:
+    truncation O(h²) and rounding O(ε/h) balance at a relative error of about ε^{2/3}
+    (1e-11 in float64), ample for a Laplace approximation. Reusing the compiled gradient
+    costs 2k gradient evaluations and no compilation, where ``jax.hessian`` through a
+    long scan would compile a forward-over-reverse program for minutes on CPU.
+    """
+    x = np.asarray(x)
+    dtype = x.dtype
+    k = x.shape[0]
+    h = np.finfo(dtype).eps ** (1.0 / 3.0) * np.maximum(1.0, np.abs(x))
+    hess = np.empty((k, k), np.float64)
+    for i in range(k):
+        step = np.zeros(k, dtype)
+        step[i] = h[i]
+        g_plus = np.asarray(value_and_grad(jnp.asarray(x + step))[1], np.float64)
+        g_minus = np.asarray(value_and_grad(jnp.asarray(x - step))[1], np.float64)
+        hess[:, i] = (g_plus - g_minus) / (2.0 * h[i])
+    return 0.5 * (hess + hess.T)
+
+
 def fit_map(
     model,
     times,
@@ -229,9 +252,10 @@ def fit_map(
     ``scipy.optimize.minimize(method="L-BFGS-B")`` on the jitted exact gradient, from
     ``num_starts`` initial points (the prior median, then uniform draws in (-2, 2) on
     the unconstrained scale); the best optimum wins. The Laplace approximation is the
-    Gaussian N(mode, H⁻¹) in the unconstrained space, H the exact Hessian (``jax.hessian``
-    through the explicit gradient rules); its draws are mapped back to the constrained
-    space. With flat priors this is the MLE with its asymptotic covariance.
+    Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
+    differences of the exact (already compiled) gradient; its draws are mapped back to
+    the constrained space. With flat priors this is the MLE with its asymptotic
+    covariance.
     """
     fn = _model_fn(model)
     kw = _model_kwargs(y, inputs, model_kwargs)
@@ -274,8 +298,7 @@ def fit_map(
     params = postprocess_fn(unconstrained)
     cov, draws = None, None
     if laplace:
-        hess = np.asarray(jax.hessian(objective)(mode), np.float64)
-        hess = 0.5 * (hess + hess.T)
+        hess = _hessian_by_gradient_differences(value_and_grad, mode)
         try:
             chol = np.linalg.cholesky(hess)
             cov = np.linalg.inv(hess)

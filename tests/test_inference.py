@@ -46,6 +46,7 @@ def ou_data():
     return times, y
 
 
+@pytest.mark.slow
 def test_fit_nuts_recovers_ou_parameters(ou_data):
     times, y = ou_data
     idata = fit_nuts(
@@ -78,6 +79,7 @@ def test_fit_nuts_recovers_ou_parameters(ou_data):
     )
 
 
+@pytest.mark.slow
 def test_fit_map_and_laplace(ou_data):
     times, y = ou_data
     res = fit_map(ou_model, times, y, seed=0, num_draws=500)
@@ -90,6 +92,7 @@ def test_fit_map_and_laplace(ou_data):
     assert np.all(np.linalg.eigvalsh(res.cov) > 0)
 
 
+@pytest.mark.slow
 def test_smoothed_states_from_map_draws(ou_data):
     times, y = ou_data
     res = fit_map(ou_model, times, y, seed=0, num_draws=20)
@@ -110,3 +113,15 @@ def test_discrete_time_effects_are_matrix_exponentials():
             np.testing.assert_allclose(
                 eff[d, k], scipy.linalg.expm(drift[d] * dt), rtol=1e-12, atol=1e-14
             )
+
+
+def test_laplace_hessian_by_gradient_differences_matches_exact():
+    from kalmanad.inference import _hessian_by_gradient_differences
+
+    def f(x):
+        return jnp.sum(jnp.exp(0.3 * x) * x**2) + x[0] * jnp.sin(x[1]) + 0.5 * x[1] * x[2] ** 3
+
+    x = jnp.array([0.4, -1.3, 2.0])
+    h = _hessian_by_gradient_differences(jax.jit(jax.value_and_grad(f)), x)
+    np.testing.assert_allclose(h, jax.hessian(f)(x), rtol=1e-8, atol=1e-8)
+    np.testing.assert_array_equal(h, h.T)

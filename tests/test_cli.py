@@ -1,0 +1,110 @@
+"""The ``kalmanad`` command, run as a subprocess (as a user runs it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def run_cli(*args, cwd=None, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "kalmanad.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(res, *fragments):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("kalmanad: error:"), err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def test_models_lists_the_zoo():
+    res = run_cli("models")
+    assert res.returncode == 0, res.stderr
+    names = [line.split()[0] for line in res.stdout.strip().splitlines()]
+    for name in ("ou", "ctvar", "sho", "car", "carma", "local_linear_trend", "matern32"):
+        assert name in names
+    assert "panel_ctvar" in names
+
+
+def test_describe_names_parameters_and_priors():
+    res = run_cli("describe", "sho")
+    assert res.returncode == 0, res.stderr
+    assert "sho" in res.stdout.lower()
+
+
+def test_unknown_model_is_a_one_line_error():
+    assert_one_line_error(run_cli("fit", "no_such_model"), "no_such_model")
+
+
+def test_missing_data_file_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_cli("fit", "ou", str(tmp_path / "nope.csv")), "nope.csv")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("time,y\n0.0,1.0\n1.0,abc\n2.0,0.5\n", "abc"),  # non-numeric cell
+        ("time,z\n0.0,1.0\n1.0,2.0\n", "y"),  # missing manifest column
+        ("t,y\n0.0,1.0\n1.0,2.0\n", "time"),  # missing time column
+        ("time,y\n0.0,1.0\n2.0,2.0\n1.0,0.5\n", "increasing"),  # unsorted times
+    ],
+    ids=["non-numeric", "missing-manifest", "missing-time", "unsorted"],
+)
+def test_bad_csv_is_a_one_line_error(tmp_path, body, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    res = run_cli("fit", "ou", str(path), "--no-plot", "--no-progress", "--out", str(tmp_path))
+    assert_one_line_error(res)
+    assert fragment in res.stderr.lower() or fragment in res.stderr, res.stderr
+
+
+def test_simulate_writes_a_csv(tmp_path):
+    out = tmp_path / "sim.csv"
+    res = run_cli("simulate", "ou", "--n", "40", "--seed", "3", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    lines = [x for x in out.read_text().splitlines() if not x.startswith("#")]
+    assert lines[0].split(",")[0] == "time"
+    data = np.array([[float(v) for v in x.split(",")] for x in lines[1:]])
+    assert data.shape[0] == 40
+    assert np.all(np.diff(data[:, 0]) > 0)
+    assert np.all(np.isfinite(data))
+
+
+def test_bad_simulate_parameter_is_a_one_line_error():
+    assert_one_line_error(run_cli("simulate", "ou", "--param", "nope=1"), "nope")
+
+
+@pytest.mark.slow
+def test_fit_round_trip_writes_netcdf_and_plot(tmp_path):
+    sim = tmp_path / "sim.csv"
+    assert run_cli("simulate", "ou", "--n", "60", "--seed", "1", "--out", str(sim)).returncode == 0
+    res = run_cli(
+        "fit",
+        "ou",
+        str(sim),
+        "--warmup",
+        "100",
+        "--draws",
+        "100",
+        "--chains",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "divergent transitions" in res.stdout
+    assert (tmp_path / "out" / "ou_fit.nc").is_file()
+    assert (tmp_path / "out" / "ou_fit.png").is_file()
