@@ -164,7 +164,9 @@ class LinearSDE:
             ``"known"`` when ``initial_cov`` is given, ``"stationary"`` otherwise.
         diffuse_scale: the variance κ of the large-variance representation of a
             diffuse start (P0 = κ I); static. Default 1e6, statsmodels'
-            ``approximate_diffuse`` default.
+            ``approximate_diffuse`` default. The filters (every ``method``) use the
+            exact diffuse initialisation instead; κ is used by the smoother, forecasts
+            and simulation.
 
     Raises:
         ValueError: a field of the wrong shape (the message names it and the shapes);

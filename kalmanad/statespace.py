@@ -218,7 +218,7 @@ def kalman_filter(
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
     y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
     ssm, y, batch = _align(ssm, y, batch)
-    diffuse = model.initial_state == "diffuse" and method == "sequential"
+    diffuse = model.initial_state == "diffuse"
     kw = {"diffuse_mask": jnp.ones(model.n_states, bool)} if diffuse else {}
     res = filter_ssm(ssm, y, method, **kw)
     ok = jnp.broadcast_to(ok, batch)

@@ -340,8 +340,9 @@ def test_statsmodels_var1_with_measurement_error(method):
 # ----------------------------------------------------------------- exact diffuse
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("missing", [(), (0,), (3, 40, 41)])
-def test_diffuse_nile_local_level_matches_statsmodels(missing):
+def test_diffuse_nile_local_level_matches_statsmodels(missing, method):
     import statsmodels.api as sm
 
     y = _nile()
@@ -349,8 +350,10 @@ def test_diffuse_nile_local_level_matches_statsmodels(missing):
     s2e, s2l = 15099.0, 1469.1
     ref = sm.tsa.UnobservedComponents(y, "llevel", use_exact_diffuse=True).loglike([s2e, s2l])
     ssm = _local_level_ssm(len(y), s2l, s2e, m0=123.0, p0=1e9)  # ignored: diffuse
-    got = filter_ssm(ssm, y[:, None], diffuse_mask=np.array([True]), diffuse_steps=2)
+    got = filter_ssm(ssm, y[:, None], method, diffuse_mask=np.array([True]), diffuse_steps=2)
     np.testing.assert_allclose(float(got.log_likelihood), ref, rtol=1e-8)
+    assert np.isfinite(np.asarray(got.pointwise_log_likelihood)).all()
+    np.testing.assert_allclose(np.sum(got.pointwise_log_likelihood), ref, rtol=1e-8)
 
 
 def test_diffuse_local_linear_trend_matches_statsmodels():
@@ -692,11 +695,12 @@ def test_invalid_values_give_minus_inf_and_finite_gradients(method):
     assert all(bool(jnp.all(jnp.isfinite(gi))) for gi in g)
 
 
-def test_invalid_values_diffuse():
+@pytest.mark.parametrize("method", METHODS)
+def test_invalid_values_diffuse(method):
     y = _nile()[:30, None]
     ssm = to_jax(_local_level_ssm(30, 1469.1, 15099.0))
     bad = ssm._replace(observation_cov=ssm.observation_cov.at[5].set(-1.0))
-    f = loglik_fn(y, "sequential", diffuse_mask=np.array([True]))
+    f = loglik_fn(y, method, diffuse_mask=np.array([True]))
     val, g = jax.jit(jax.value_and_grad(f))(bad)
     assert float(val) == -np.inf
     assert all(bool(jnp.all(jnp.isfinite(gi))) for gi in g)
@@ -719,8 +723,6 @@ def test_bad_input_raises_value_error():
         filter_ssm(ssm._replace(initial_cov=np.eye(2)[None]), y)
     with pytest.raises(ValueError, match="method must be one of"):
         filter_ssm(ssm, y, "fast")
-    with pytest.raises(ValueError, match="method='sequential' only"):
-        filter_ssm(ssm, y, "sqrt", diffuse_mask=np.array([True, False]))
     Q = np.array(ssm.transition_cov)
     Q[3, 0, 1] += 0.5
     with pytest.raises(ValueError, match=r"transition_cov is not symmetric at index \(3,\)"):

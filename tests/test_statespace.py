@@ -70,7 +70,8 @@ def test_nile_local_level_known_start_matches_statsmodels(nile, method):
     assert _rel(ll, ref) < 1e-8
 
 
-def test_nile_local_level_diffuse_start_matches_statsmodels(nile):
+@pytest.mark.parametrize("method", METHODS)
+def test_nile_local_level_diffuse_start_matches_statsmodels(nile, method):
     from statsmodels.tsa.statespace.structural import UnobservedComponents
 
     s2_eps, s2_eta = 15099.0, 1469.1
@@ -84,7 +85,7 @@ def test_nile_local_level_diffuse_start_matches_statsmodels(nile):
         initial_state="diffuse",
     )
     times = np.arange(len(nile), dtype=float)
-    ll = kalmanad.log_likelihood(model, times, nile[:, None])
+    ll = kalmanad.log_likelihood(model, times, nile[:, None], method=method)
     assert _rel(ll, ref) < 1e-8
 
 

@@ -58,7 +58,8 @@ def filter_ssm(
             same log-likelihood to rounding.
         diffuse_mask: optional (n,) boolean: state components with a diffuse (improper)
             initial distribution, handled by the exact diffuse initialisation of
-            Koopman & Durbin (univariate treatment; ``method="sequential"`` only).
+            Koopman & Durbin (univariate treatment). The diffuse window is filtered
+            sequentially, the remaining steps by ``method``.
             Their rows/columns of ``initial_cov`` and entries of ``initial_mean`` are
             ignored. The result is the diffuse log-likelihood, as statsmodels'
             exact diffuse initialisation reports it.
@@ -80,11 +81,6 @@ def filter_ssm(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if diffuse_mask is not None and method != "sequential":
-        raise ValueError(
-            "the exact diffuse initialisation is implemented by method='sequential' only, "
-            f"got method={method!r}"
-        )
     y = jnp.asarray(y)
     if y.ndim < 2:
         raise ValueError(f"y must have shape (..., T, m), got shape {y.shape}")
@@ -98,7 +94,7 @@ def filter_ssm(
         _, n, _ = ssm_dims(ssm_, y_.shape)
         if mask_ is not None:
             steps = n if diffuse_steps is None else int(diffuse_steps)
-            return filter_diffuse(ssm_, y_, mask_, steps)
+            return filter_diffuse(ssm_, y_, mask_, steps, tail_method=method)
         if method == "sequential":
             return filter_sequential(ssm_, y_)
         if method == "sqrt":

@@ -37,8 +37,10 @@ from jax import lax
 
 from kalmanad.filter._common import finite_scalar, safe_cholesky, symmetrize, tri_solve
 from kalmanad.filter._types import FilterResult
+from kalmanad.filter.parallel import filter_parallel
 from kalmanad.filter.sequential import _step as _sequential_step
 from kalmanad.filter.sequential import finish, setup
+from kalmanad.filter.sqrt import filter_sqrt
 from kalmanad.ssm import DiscreteSSM
 
 
@@ -76,13 +78,19 @@ def _univariate_updates(a, Ps, Pinf, Hs, vs, obs, tol):
     return a, Ps, Pinf, ll, ok
 
 
-@partial(jax.jit, static_argnames=("diffuse_steps",))
-def filter_diffuse(ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int) -> FilterResult:
-    """Sequential filter with exact diffuse initialisation (internal; see module doc).
+@partial(jax.jit, static_argnames=("diffuse_steps", "tail_method"))
+def filter_diffuse(
+    ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int, tail_method: str = "sequential"
+) -> FilterResult:
+    """Filter with exact diffuse initialisation (internal; see module doc).
 
     ``diffuse_mask`` (n,) selects the diffuse components; their rows and columns of
     ``initial_cov`` and entries of ``initial_mean`` are ignored. In the diffuse window
-    the reported predicted/filtered covariances are the finite parts ``P_*``.
+    the reported predicted/filtered covariances are the finite parts ``P_*``. The
+    window is filtered sequentially (it is short: ``diffuse_steps`` steps); the rest
+    of the series by ``tail_method`` ("sequential", "sqrt" or "parallel"), started
+    from the state ``(a, P_*)`` at the end of the window, so every method gives the
+    same exact diffuse log-likelihood.
     """
     T, n = ssm.offset.shape
     mask = jnp.asarray(diffuse_mask)
@@ -123,16 +131,34 @@ def filter_diffuse(ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int) -> Fil
     # The diffuse period must have ended inside the window.
     ended = jnp.max(jnp.abs(Pinf)) <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(Ps)))
     ll1 = jnp.where(ok1, ll1, jnp.nan)  # flagged as in the sequential filter
-    if d < T:
-        _, (m_p2, P_p2, m_f2, P_f2, ll2) = lax.scan(_sequential_step, (a, Ps), tail)
-        m_p = jnp.concatenate([m_p1, m_p2])
-        P_p = jnp.concatenate([P_p1, P_p2])
-        m_f = jnp.concatenate([m_f1, m_f2])
-        P_f = jnp.concatenate([P_f1, P_f2])
-        ll = jnp.concatenate([ll1, ll2])
+    if d < T and tail_method != "sequential":
+        # Hand the end-of-window state to the requested filter for the remaining steps.
+        head_total, head_pw = finish(ll1, ok_in)
+        tail_ssm = DiscreteSSM(
+            *(x[d:] for x in ssm[:6]), initial_mean=a, initial_cov=symmetrize(Ps)
+        )
+        run_tail = filter_sqrt if tail_method == "sqrt" else filter_parallel
+        res = run_tail(tail_ssm, y[d:])
+        head_ok = jnp.isfinite(head_total)
+        total = jnp.where(head_ok, head_total + res.log_likelihood, -jnp.inf)
+        pointwise = jnp.concatenate(
+            [head_pw, jnp.where(head_ok, res.pointwise_log_likelihood, -jnp.inf)]
+        )
+        m_p = jnp.concatenate([m_p1, res.predicted_mean])
+        P_p = jnp.concatenate([P_p1, res.predicted_cov])
+        m_f = jnp.concatenate([m_f1, res.filtered_mean])
+        P_f = jnp.concatenate([P_f1, res.filtered_cov])
     else:
-        m_p, P_p, m_f, P_f, ll = m_p1, P_p1, m_f1, P_f1, ll1
-    total, pointwise = finish(ll, ok_in)
+        if d < T:
+            _, (m_p2, P_p2, m_f2, P_f2, ll2) = lax.scan(_sequential_step, (a, Ps), tail)
+            m_p = jnp.concatenate([m_p1, m_p2])
+            P_p = jnp.concatenate([P_p1, P_p2])
+            m_f = jnp.concatenate([m_f1, m_f2])
+            P_f = jnp.concatenate([P_f1, P_f2])
+            ll = jnp.concatenate([ll1, ll2])
+        else:
+            m_p, P_p, m_f, P_f, ll = m_p1, P_p1, m_f1, P_f1, ll1
+        total, pointwise = finish(ll, ok_in)
     total = jnp.where(ended, total, -jnp.inf)
     pointwise = jnp.where(ended, pointwise, -jnp.inf)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
