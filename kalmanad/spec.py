@@ -1157,6 +1157,15 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "."}
 
 
+def _is_comment(row) -> bool:
+    return bool(row) and row[0].lstrip().startswith("#")
+
+
+def _first_row(fh) -> list:
+    """The first non-comment row of a CSV file (the header), or []."""
+    return next((r for r in csv.reader(fh) if not _is_comment(r)), [])
+
+
 def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, covariates):
     """Read a long-format CSV; every problem is a one-line DataError."""
     where = str(path)
@@ -1167,9 +1176,11 @@ def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, c
         raise DataError(f"{where}: file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{where}: cannot read: {e}") from None
-    if not rows:
+    # Lines starting with '#' are comments (e.g. the header `kalmanad simulate` writes).
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if not _is_comment(r)]
+    if not numbered:
         raise DataError(f"{where}: the file is empty")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in numbered[0][1]]
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
         raise DataError(f"{where}: duplicate column(s) {', '.join(map(repr, dup))}")
@@ -1183,7 +1194,7 @@ def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, c
             f"(the file has: {', '.join(header)})"
         )
     col = {h: i for i, h in enumerate(header)}
-    body = [(i + 2, r) for i, r in enumerate(rows[1:]) if any(c.strip() for c in r)]
+    body = [(i, r) for i, r in numbered[1:] if any(c.strip() for c in r)]
     if not body:
         raise DataError(f"{where}: no data rows")
 
@@ -2221,7 +2232,7 @@ class ModelSpec:
         manifest, inputs, covs = self._columns()
         try:
             with open(path, newline="", encoding="utf-8-sig") as fh:
-                header = [h.strip() for h in next(csv.reader(fh), [])]
+                header = [h.strip() for h in _first_row(fh)]
         except (OSError, UnicodeDecodeError, csv.Error):
             header = []  # _read_csv reports it
         if time is None:

@@ -80,6 +80,12 @@ def test_simulate_writes_a_csv(tmp_path):
     assert data.shape[0] == 40
     assert np.all(np.diff(data[:, 0]) > 0)
     assert np.all(np.isfinite(data))
+    # The '#' header line is a comment to the reader: the file fits as written.
+    from kalmanad.spec import load_model
+
+    back = load_model("ou").read_data(out)
+    np.testing.assert_allclose(back.times, data[:, 0])
+    np.testing.assert_allclose(back.y[:, 0], data[:, 1])
 
 
 def test_bad_simulate_parameter_is_a_one_line_error():
