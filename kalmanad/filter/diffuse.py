@@ -22,7 +22,8 @@ Prediction: ``a ← A a + b``, ``P_* ← A P_* Aᵀ + Q``, ``P_∞ ← A P_∞ A
 diffuse log-likelihood of Koopman & Durbin (the limit of
 ``log p_κ(y) + ½ q log κ``, q the number of diffuse components), as reported by
 statsmodels with ``initialization='diffuse'``. After the window ``P_∞`` must vanish;
-the remaining steps run the ordinary sequential filter from ``(a, P_*)``.
+the remaining steps run the ordinary filter of the requested method (sequential, sqrt
+or parallel) from ``(a, P_*)``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from jax import lax
 from kalmanad.filter._common import finite_scalar, safe_cholesky, symmetrize, tri_solve
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.parallel import filter_parallel
-from kalmanad.filter.sequential import _step as _sequential_step
-from kalmanad.filter.sequential import finish, setup
+from kalmanad.filter.sequential import filter_sequential, finish, setup
 from kalmanad.filter.sqrt import filter_sqrt
 from kalmanad.ssm import DiscreteSSM
+
+# The filter that continues from the end of the diffuse window, by ``method``.
+_TAIL_FILTERS = {"sequential": filter_sequential, "sqrt": filter_sqrt, "parallel": filter_parallel}
 
 
 def _univariate_updates(a, Ps, Pinf, Hs, vs, obs, tol):
@@ -119,7 +122,6 @@ def filter_diffuse(
         n_obs,
     )
     head = tuple(x[:d] for x in xs)
-    tail = tuple(x[d:] for x in xs)
 
     def dstep(carry, inp):
         obs, inp = inp
@@ -131,34 +133,23 @@ def filter_diffuse(
     # The diffuse period must have ended inside the window.
     ended = jnp.max(jnp.abs(Pinf)) <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(Ps)))
     ll1 = jnp.where(ok1, ll1, jnp.nan)  # flagged as in the sequential filter
-    if d < T and tail_method != "sequential":
+    total, pointwise = finish(ll1, ok_in)
+    m_p, P_p, m_f, P_f = m_p1, P_p1, m_f1, P_f1
+    if d < T:
         # Hand the end-of-window state to the requested filter for the remaining steps.
-        head_total, head_pw = finish(ll1, ok_in)
         tail_ssm = DiscreteSSM(
             *(x[d:] for x in ssm[:6]), initial_mean=a, initial_cov=symmetrize(Ps)
         )
-        run_tail = filter_sqrt if tail_method == "sqrt" else filter_parallel
-        res = run_tail(tail_ssm, y[d:])
-        head_ok = jnp.isfinite(head_total)
-        total = jnp.where(head_ok, head_total + res.log_likelihood, -jnp.inf)
+        res = _TAIL_FILTERS[tail_method](tail_ssm, y[d:])
+        head_ok = jnp.isfinite(total)
+        total = jnp.where(head_ok, total + res.log_likelihood, -jnp.inf)
         pointwise = jnp.concatenate(
-            [head_pw, jnp.where(head_ok, res.pointwise_log_likelihood, -jnp.inf)]
+            [pointwise, jnp.where(head_ok, res.pointwise_log_likelihood, -jnp.inf)]
         )
-        m_p = jnp.concatenate([m_p1, res.predicted_mean])
-        P_p = jnp.concatenate([P_p1, res.predicted_cov])
-        m_f = jnp.concatenate([m_f1, res.filtered_mean])
-        P_f = jnp.concatenate([P_f1, res.filtered_cov])
-    else:
-        if d < T:
-            _, (m_p2, P_p2, m_f2, P_f2, ll2) = lax.scan(_sequential_step, (a, Ps), tail)
-            m_p = jnp.concatenate([m_p1, m_p2])
-            P_p = jnp.concatenate([P_p1, P_p2])
-            m_f = jnp.concatenate([m_f1, m_f2])
-            P_f = jnp.concatenate([P_f1, P_f2])
-            ll = jnp.concatenate([ll1, ll2])
-        else:
-            m_p, P_p, m_f, P_f, ll = m_p1, P_p1, m_f1, P_f1, ll1
-        total, pointwise = finish(ll, ok_in)
+        m_p = jnp.concatenate([m_p, res.predicted_mean])
+        P_p = jnp.concatenate([P_p, res.predicted_cov])
+        m_f = jnp.concatenate([m_f, res.filtered_mean])
+        P_f = jnp.concatenate([P_f, res.filtered_cov])
     total = jnp.where(ended, total, -jnp.inf)
     pointwise = jnp.where(ended, pointwise, -jnp.inf)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
