@@ -30,6 +30,7 @@ from numpyro.distributions import Distribution, constraints
 from kalmanad.filter import METHODS
 from kalmanad.model import LinearSDE
 from kalmanad.statespace import (
+    _is_concrete,
     _validity,
     discretize_observed,
     kalman_filter,
@@ -137,8 +138,7 @@ class LinearSDEDistribution(Distribution):
         concrete arrays the front end would raise instead, but a distribution must
         answer ``-inf`` (e.g. NumPyro's eager initial trace).
         """
-        leaves = [x for x in jax.tree.leaves(self.model)]
-        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        if not _is_concrete(self.model):
             return None
         ok = np.asarray(_validity(self.model, model_batch_shape(self.model)))
         if ok.all():
