@@ -1,0 +1,142 @@
+"""The documentation site: it builds strictly, and its code blocks are valid.
+
+* ``mkdocs build --strict`` (broken links and anchors are warnings, hence failures;
+  ``mkdocs.yml``) into a temporary folder, with whatever example notebooks and benchmark
+  results exist, and checks that the generated pages picked them all up.
+* Every ``python``/``py`` block of ``docs/**/*.md`` parses, every ``toml`` block is
+  valid TOML; the README's set-up commands are on the getting-started page verbatim;
+  every zoo model is in the models table.
+* Slow (opt-in, ``-m slow``): the ``python`` blocks run, page by page in one fresh
+  interpreter per page (``py`` blocks are long NUTS runs: parsed only).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
+
+
+def blocks(path: Path, langs: tuple[str, ...]) -> list[tuple[int, str]]:
+    """``(line, code)`` of the fenced blocks of the given languages in a page."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for m in FENCE.finditer(text):
+        if m.group("lang") in langs:
+            line = text.count("\n", 0, m.start()) + 2
+            out.append((line, textwrap.dedent(m.group("body"))))
+    return out
+
+
+def page_id(path: Path) -> str:
+    return str(path.relative_to(DOCS))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["NO_MKDOCS_2_WARNING"] = "1"
+    flag = "--xla_cpu_use_fusion_emitters=false"
+    if flag.split("=")[0] not in env.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    return env
+
+
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    pytest.importorskip("mkdocs_jupyter")
+    site = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+
+    for page in ("index.html", "api/kalmanad/index.html", "concepts/gradients/index.html"):
+        assert (site / page).is_file(), page
+    # Every example notebook has a page and is listed on the examples index.
+    index = (site / "examples" / "index.html").read_text(encoding="utf-8")
+    for nb in sorted((ROOT / "examples").glob("*.ipynb")):
+        assert (site / "examples" / nb.stem / "index.html").is_file(), nb.name
+        assert f'href="{nb.stem}/"' in index, nb.name
+    # Every benchmark result table is on the benchmarks page.
+    bench = (site / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    for md in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        assert f"benchmarks/results/{md.name}" in bench, md.name
+    assert "kalmanad:benchmark" not in bench
+    # The API reference rendered the docstrings (a cross-check on the griffe extension).
+    api = (site / "api" / "kalmanad" / "index.html").read_text(encoding="utf-8")
+    assert "kalman_filter" in api and ":class:`" not in api
+
+
+@pytest.mark.parametrize("path", PAGES, ids=page_id)
+def test_code_blocks_are_valid(path):
+    for line, code in blocks(path, ("python", "py")):
+        try:
+            ast.parse(code)
+        except SyntaxError as e:
+            pytest.fail(f"{page_id(path)}:{line + (e.lineno or 1) - 1}: {e.msg}")
+    for line, code in blocks(path, ("toml",)):
+        try:
+            tomllib.loads(code)
+        except tomllib.TOMLDecodeError as e:
+            pytest.fail(f"{page_id(path)}:{line}: invalid TOML: {e}")
+
+
+def test_readme_setup_commands_verbatim():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("pip install -e")]
+    assert len(commands) == 2
+    for command in commands:
+        assert command in page, command
+
+
+def test_every_zoo_model_is_in_the_models_table():
+    zoo = sorted(p.stem for p in (ROOT / "models").glob("*.toml") if not p.stem.startswith("_"))
+    table = (DOCS / "guide" / "models.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert sorted(listed) == zoo
+
+
+RUNNABLE = [p for p in PAGES if blocks(p, ("python",))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RUNNABLE, ids=page_id)
+def test_python_blocks_run(path, tmp_path):
+    script = "\n\n".join(
+        f"# --- {page_id(path)}, line {line}\n{code}" for line, code in blocks(path, ("python",))
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
