@@ -45,22 +45,22 @@ data-dependent loop, so reverse mode stores no padding. The only branch is a ``c
 skips the higher tables when every step has ‖A‖Δ < 32·θ; under ``vmap`` over drifts it
 evaluates both sides.
 
-Steps, inputs and the discrete model (:func:`discretize_model`):
-    For observation times t_0 ≤ t_1 ≤ … ≤ t_{T-1} and inputs u_k given at t_k (T, p):
+Steps, inputs and the discrete model (:func:`discretize_model`). For observation times
+t_0 ≤ t_1 ≤ … ≤ t_{T-1} and inputs u_k given at t_k (T, p):
 
-    * step 0 is the zero-length step to t_0: transition I, covariance 0,
-      offset B_imp u_0 (an impulse at the first time);
-    * step k ≥ 1 covers (t_{k-1}, t_k] with Δ_k = t_k - t_{k-1} (0 for tied times):
-      ``offset_k = Φ₁(Δ_k)(c + B u_{k-1}) + B_imp u_k`` with Φ₁(Δ) = ∫₀^Δ e^{As} ds — the
-      input is held at its value at the start of the interval (zero-order hold, u_{k-1})
-      and the impulse is applied at t_k, after the drift step;
-    * ``observation_offset_k = d + D u_k``.
+* step 0 is the zero-length step to t_0: transition I, covariance 0,
+  offset B_imp u_0 (an impulse at the first time);
+* step k ≥ 1 covers (t_{k-1}, t_k] with Δ_k = t_k - t_{k-1} (0 for tied times):
+  ``offset_k = Φ₁(Δ_k)(c + B u_{k-1}) + B_imp u_k`` with Φ₁(Δ) = ∫₀^Δ e^{As} ds — the
+  input is held at its value at the start of the interval (zero-order hold, u_{k-1})
+  and the impulse is applied at t_k, after the drift step;
+* ``observation_offset_k = d + D u_k``.
 
-    With concrete times (the usual case: times are data, not parameters) the distinct step
-    sizes are found once with numpy (:func:`step_grid`), each is discretised once, and the
-    results are gathered to the T steps. With traced times (``jit`` with times as an
-    argument, ``vmap`` over times) every step is discretised separately — the same
-    numbers, more work; pass ``grid=step_grid(times)`` from outside to keep the dedupe.
+With concrete times (the usual case: times are data, not parameters) the distinct step
+sizes are found once with numpy (:func:`step_grid`), each is discretised once, and the
+results are gathered to the T steps. With traced times (``jit`` with times as an
+argument, ``vmap`` over times) every step is discretised separately — the same
+numbers, more work; pass ``grid=step_grid(times)`` from outside to keep the dedupe.
 
 Panels: ``times`` may have leading batch dims (S, T) for subjects sharing one model; the
 outputs then carry them. Ragged panels are padded to a common T by repeating each
