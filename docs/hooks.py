@@ -102,25 +102,38 @@ def on_config(config):
     return config
 
 
+def _repo_file(src_uri: str, config) -> File:
+    """A site file read from the repository (``src_uri`` relative to its root)."""
+    return File(
+        src_uri,
+        src_dir=str(ROOT),
+        dest_dir=config["site_dir"],
+        use_directory_urls=config["use_directory_urls"],
+    )
+
+
+def result_assets() -> list[Path]:
+    """Files in ``benchmarks/results/`` published next to the tables (JSON, figures)."""
+    if not RESULTS.is_dir():
+        return []
+    return sorted(p for p in RESULTS.iterdir() if p.is_file() and p.suffix != ".md")
+
+
 @event_priority(100)  # before mkdocs-jupyter, which turns .ipynb files into pages
 def on_files(files, config):
     files.append(File.generated(config, INDEX_URI, content=examples_index()))
+    # The raw results (JSON, any figure a table refers to) are published as they are.
+    for path in result_assets():
+        files.append(_repo_file(f"benchmarks/results/{path.name}", config))
     for nb in notebooks():
         # A real source directory (the repository root), not File.generated(abs_src_path=):
         # mkdocs-jupyter's wrapper derives the source path from src_dir and src_uri.
-        files.append(
-            File(
-                f"examples/{nb.name}",
-                src_dir=str(ROOT),
-                dest_dir=config["site_dir"],
-                use_directory_urls=config["use_directory_urls"],
-            )
-        )
+        files.append(_repo_file(f"examples/{nb.name}", config))
     return files
 
 
 # ----------------------------------------------------------------------- benchmarks
-_LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
 
 def _demote(markdown: str, levels: int) -> str:
@@ -135,14 +148,24 @@ def _demote(markdown: str, levels: int) -> str:
     return "\n".join(out)
 
 
-def _local_links_to_code(markdown: str, base: str) -> str:
-    """Links to repository files (not part of the site) become code spans."""
+def _rewrite_links(markdown: str, base: str, published: Path | None = None) -> str:
+    """Relative links of an included file, made valid on the page that includes it.
+
+    A link or image whose target is a file of ``published`` (``benchmarks/results/``,
+    whose files the site publishes under ``results/`` next to the benchmarks page) points
+    there; any other link to a repository file becomes a code span naming it
+    (``base`` + target), since the site does not contain it. Web links stay.
+    """
 
     def repl(m):
-        text, target = m.group(1), m.group(2)
+        bang, text, target = m.group(1), m.group(2), m.group(3)
         if re.match(r"[a-z]+://|#|mailto:", target):
             return m.group(0)
-        return f"{text} (`{base}{target}`)" if text.strip("`") != target else f"`{base}{target}`"
+        if published is not None and (published / target).is_file():
+            return f"{bang}[{text}](results/{target})"
+        if text.strip("`") == target or not text:
+            return f"`{base}{target}`"
+        return f"{text} (`{base}{target}`)"
 
     return _LINK.sub(repl, markdown)
 
@@ -162,17 +185,23 @@ def results_markdown() -> str:
     for path in tables:
         title, body = _strip_title(path.read_text(encoding="utf-8"))
         parts.append(f"## {title or path.stem}\n\n*From `benchmarks/results/{path.name}`.*\n")
-        parts.append(_local_links_to_code(_demote(body.strip(), 1), "benchmarks/results/"))
+        parts.append(_rewrite_links(_demote(body.strip(), 1), "benchmarks/results/", RESULTS))
         parts.append("")
     with_tables = {p.stem for p in tables}
-    raw = sorted(p.name for p in RESULTS.glob("*.json") if p.stem not in with_tables)
+    raw = [p.name for p in RESULTS.glob("*.json") if p.stem not in with_tables]
     if raw:
         parts.append("## Results without a table\n")
         parts.append(
             "These runs saved JSON only (no markdown table); their numbers are quoted in "
             "[How the benchmarks are run](notes.md):\n"
         )
-        parts += [f"* `benchmarks/results/{name}`" for name in raw]
+        parts += [f"* [`benchmarks/results/{name}`](results/{name})" for name in sorted(raw)]
+        parts.append("")
+    assets = [p.name for p in result_assets()]
+    if assets:
+        parts.append("## Raw result files\n")
+        parts.append("Every file of `benchmarks/results/` as the scripts wrote it:\n")
+        parts.append(", ".join(f"[`{name}`](results/{name})" for name in assets))
         parts.append("")
     if not tables and not raw:
         parts.append("No result files are present in `benchmarks/results/` in this build.")
@@ -181,7 +210,7 @@ def results_markdown() -> str:
 
 def readme_markdown() -> str:
     _, body = _strip_title(BENCH_README.read_text(encoding="utf-8"))
-    return _local_links_to_code(body.strip(), "benchmarks/")
+    return _rewrite_links(body.strip(), "benchmarks/")
 
 
 def on_page_markdown(markdown, page, config, files):

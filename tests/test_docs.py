@@ -140,3 +140,27 @@ def test_python_blocks_run(path, tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def _hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kalmanad_docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hooks_rewrite_included_links(tmp_path):
+    pytest.importorskip("mkdocs")
+    hooks = _hooks()
+    (tmp_path / "fig.png").write_bytes(b"")
+    text = "![a plot](fig.png) [data](run.json) [web](https://x.org) [`README.md`](README.md)"
+    out = hooks._rewrite_links(text, "benchmarks/", tmp_path)
+    assert out == (
+        "![a plot](results/fig.png) data (`benchmarks/run.json`) [web](https://x.org) "
+        "`benchmarks/README.md`"
+    )
+    assert hooks._demote("# a\n```\n# not a heading\n```\n## b", 1) == (
+        "## a\n```\n# not a heading\n```\n### b"
+    )
