@@ -164,3 +164,31 @@ def test_hooks_rewrite_included_links(tmp_path):
     assert hooks._demote("# a\n```\n# not a heading\n```\n## b", 1) == (
         "## a\n```\n# not a heading\n```\n### b"
     )
+
+
+def _static_all(module_file: Path) -> list[str]:
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+def test_every_public_name_has_an_api_entry():
+    """Each name of ``kalmanad.__all__`` is rendered on an API page (a ``:::`` entry, a
+    ``members:`` item, or a member of a module page rendered whole)."""
+    documented: set[str] = set()
+    for page in sorted((DOCS / "api").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"^::: ([\w.]+)", text, re.M):
+            documented.add(target.rsplit(".", 1)[-1])
+            module = ROOT / Path(*target.split("."))
+            entry = re.escape(target)
+            no_members = re.search(rf"^::: {entry}\n(?:    .*\n)*?      members: false", text, re.M)
+            if module.with_suffix(".py").is_file() and not no_members:
+                documented.update(_static_all(module.with_suffix(".py")))
+        documented.update(re.findall(r"^        - (\w+)$", text, re.M))
+    missing = [x for x in _static_all(ROOT / "kalmanad" / "__init__.py") if x not in documented]
+    assert not missing, f"not in the API reference (docs/api/*.md): {missing}"
