@@ -5,8 +5,9 @@ returns the figure, so it works in notebooks, scripts and the command line alike
 Traces and pair plots are ArviZ's job (``arviz.plot_trace``, ``arviz.plot_pair``).
 
 Credible bands over posterior draws: each draw contributes a Gaussian (mean, sd) for
-the plotted quantity; the band is the pooled quantiles of one normal draw per posterior
-draw and per time point, i.e. of the posterior mixture.
+the plotted quantity; the band is the pointwise central interval of their equally
+weighted mixture (the posterior predictive distribution), computed exactly by
+:func:`mixture_band`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "mixture_band",
     "plot_discrete_effects",
     "plot_forecast",
+    "plot_posterior_predictive",
     "plot_states",
 ]
 
@@ -35,25 +37,56 @@ def _axes(ax, nrows: int = 1, figsize=None):
     return fig, axes[:, 0]
 
 
-def mixture_band(means, sds, level: float = 0.9, *, seed: int = 0, draws_per: int = 20):
-    """Pointwise mean and central ``level`` band of a mixture of Gaussians.
+def mixture_band(means, sds, level: float = 0.9, *, iterations: int = 40):
+    """Pointwise mean and central ``level`` band of an equally weighted Gaussian mixture.
+
+    At each time point the D components N(means[d, t], sds[d, t]²) (one per posterior
+    draw) form a mixture; its quantiles are found by bisection on the mixture's
+    distribution function, so the band is exact (to about ``range / 2**iterations``)
+    and smooth in t, with no Monte Carlo noise.
 
     Args:
         means: (D, T) component means (one row per posterior draw), or (T,).
-        sds: (D, T) component standard deviations (same shape as ``means``).
-        level: probability mass of the band.
-        seed: seed of the Monte Carlo draws that pool the components.
-        draws_per: normal draws per component.
+        sds: (D, T) component standard deviations (same shape as ``means``; zero is
+            allowed: a point mass).
+        level: probability mass of the band, in (0, 1).
+        iterations: bisection steps.
 
     Returns:
         ``(center, lower, upper)``, each (T,): the mixture mean and the band.
+
+    Raises:
+        ValueError: ``level`` outside (0, 1), or shapes that do not match.
     """
+    from scipy.special import ndtr
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
     means = np.atleast_2d(np.asarray(means, float))
     sds = np.atleast_2d(np.asarray(sds, float))
-    z = np.random.default_rng(seed).standard_normal((draws_per, *means.shape))
-    pooled = (means + sds * z).reshape(-1, means.shape[-1])
-    lo, hi = np.quantile(pooled, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return means.mean(axis=0), lo, hi
+    if means.shape != sds.shape:
+        raise ValueError(f"means {means.shape} and sds {sds.shape} must have the same shape")
+    sds = np.abs(sds)
+    point = sds == 0
+    inv = 1.0 / np.where(point, 1.0, sds)
+
+    def cdf(x):  # (T,) -> (T,): mixture P(X <= x) at each time point
+        c = ndtr((x - means) * inv)
+        if point.any():
+            c = np.where(point, (x >= means).astype(float), c)
+        return c.mean(axis=0)
+
+    bounds = []
+    for p in ((1 - level) / 2, (1 + level) / 2):
+        lo = np.min(means - 9.0 * sds, axis=0)
+        hi = np.max(means + 9.0 * sds, axis=0)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            below = cdf(mid) < p
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        bounds.append(0.5 * (lo + hi))
+    return means.mean(axis=0), bounds[0], bounds[1]
 
 
 def plot_states(
@@ -63,6 +96,8 @@ def plot_states(
     *,
     y=None,
     observation=None,
+    intercept=None,
+    noise=None,
     names: Sequence[str] | None = None,
     level: float = 0.9,
     ax=None,
@@ -77,6 +112,11 @@ def plot_states(
         y: optional (T, m) observations to overlay (NaN = missing, not drawn).
         observation: optional (m, n) matrix H (or (D, m, n)): plot H x (the signal in
             observation space, one panel per channel) instead of the raw states.
+        intercept: optional (m,) or (D, m) observation intercept d: plot H x + d
+            (needs ``observation``).
+        noise: optional (m, m) or (D, m, m) measurement-noise covariance R added to the
+            band (needs ``observation``): the band is then predictive for new
+            observations, H P Hᵀ + R, rather than for the signal.
         names: panel labels (states, or channels when ``observation`` is given).
         level: band probability.
 
@@ -88,17 +128,25 @@ def plot_states(
     covs = np.asarray(covs, float)
     if means.ndim == 2:
         means, covs = means[None], covs[None]
+    if observation is None and (intercept is not None or noise is not None):
+        raise ValueError("intercept and noise are in observation space: pass observation too")
     if observation is not None:
         h = np.asarray(observation, float)
         h = np.broadcast_to(h, (means.shape[0], *h.shape[-2:]))
         means = np.einsum("dmn,dtn->dtm", h, means)
         covs = np.einsum("dmn,dtnk,dlk->dtml", h, covs, h)
+        if intercept is not None:
+            d = np.asarray(intercept, float)
+            means = means + np.broadcast_to(d, (means.shape[0], means.shape[-1]))[:, None, :]
+        if noise is not None:
+            r = np.asarray(noise, float)
+            covs = covs + np.broadcast_to(r, (covs.shape[0], *covs.shape[-2:]))[:, None]
     k = means.shape[-1]
     sds = np.sqrt(np.clip(np.diagonal(covs, axis1=-2, axis2=-1), 0.0, None))
     fig, axes = _axes(ax, k)
     for i in range(k):
         a = axes[min(i, len(axes) - 1)]
-        c, lo, hi = mixture_band(means[..., i], sds[..., i], level, seed=i)
+        c, lo, hi = mixture_band(means[..., i], sds[..., i], level)
         a.fill_between(
             times, lo, hi, color="C0", alpha=0.25, lw=0, label=f"{int(level * 100)}% band"
         )
@@ -152,7 +200,7 @@ def plot_forecast(
         a = axes[min(i, len(axes) - 1)]
         ok = np.isfinite(y[:, i])
         a.plot(np.asarray(times)[ok], y[ok, i], "o-", ms=3, lw=0.8, color="k", label="data")
-        c, lo, hi = mixture_band(mean[..., i], sds[..., i], level, seed=i)
+        c, lo, hi = mixture_band(mean[..., i], sds[..., i], level)
         a.fill_between(
             new_times, lo, hi, color="C1", alpha=0.3, lw=0, label=f"{int(level * 100)}% predictive"
         )
@@ -211,5 +259,146 @@ def plot_discrete_effects(
     ax.legend(fontsize="small", frameon=False, ncol=2 if n > 2 else 1)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_posterior_predictive(
+    times,
+    y,
+    draws,
+    *,
+    kind: str = "series",
+    names: Sequence[str] | None = None,
+    level: float = 0.9,
+    n_lines: int | None = None,
+    seed: int = 0,
+    ax=None,
+    title: str | None = None,
+):
+    """Posterior predictive check: the observed series against replicated data sets.
+
+    Replicated data are draws of the whole observation vector from the model at
+    posterior draws of the parameters (e.g. ``numpyro.infer.Predictive`` on the model's
+    ``"y"`` site, or :func:`kalmanad.simulate` at each draw). A model that fits
+    produces replicates that look like the data.
+
+    Args:
+        times: (T,) observation times.
+        y: (T, m) observations (NaN = missing; missing entries are not drawn and do
+            not count), or (T,) for one channel.
+        draws: (D, T, m) replicated observations (or (D, T) for one channel).
+        kind: ``"series"``: per channel, the pointwise central ``level`` band of the
+            replicates, ``n_lines`` replicates as thin lines and the data as points;
+            the legend gives the fraction of observed points inside the band.
+            ``"density"``: per channel, kernel density estimates of the marginal
+            distribution of ``n_lines`` replicates (thin) and of the data (bold), as
+            in ``arviz.plot_ppc``.
+        names: channel labels.
+        level: band probability (``kind="series"``).
+        n_lines: number of replicates drawn individually (chosen at random); default
+            3 for ``"series"`` (more hide the data) and 30 for ``"density"``.
+        seed: seed of that choice.
+
+    Returns:
+        The matplotlib figure.
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``draws`` whose shape does not match ``y``.
+    """
+    if kind not in ("series", "density"):
+        raise ValueError(f"kind must be 'series' or 'density', got {kind!r}")
+    times = np.asarray(times, float)
+    y = np.asarray(y, float)
+    draws = np.asarray(draws, float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if draws.ndim == 2 and y.shape[1] == 1:
+        draws = draws[..., None]
+    if draws.ndim != 3 or draws.shape[1:] != y.shape or times.shape != (y.shape[0],):
+        raise ValueError(
+            f"expected times (T,), y (T, m) and draws (D, T, m); got times {times.shape}, "
+            f"y {y.shape} and draws {draws.shape}"
+        )
+    m = y.shape[1]
+    if n_lines is None:
+        n_lines = 3 if kind == "series" else 30
+    lines = np.random.default_rng(seed).permutation(draws.shape[0])[: max(0, n_lines)]
+    fig, axes = _axes(ax, m)
+    if kind == "density":
+        import matplotlib.pyplot as plt
+
+        if ax is None:  # the panels do not share an x axis: a fresh grid
+            plt.close(fig)
+            fig, grid = plt.subplots(1, m, figsize=(4.2 * m, 3.2), squeeze=False)
+            axes = grid[0]
+    for i in range(m):
+        a = axes[min(i, len(axes) - 1)]
+        ok = np.isfinite(y[:, i])
+        label = names[i] if names is not None and i < len(names) else f"y[{i}]"
+        if kind == "series":
+            lo, hi = np.nanquantile(draws[:, :, i], [(1 - level) / 2, (1 + level) / 2], axis=0)
+            inside = np.mean((y[ok, i] >= lo[ok]) & (y[ok, i] <= hi[ok])) if ok.any() else np.nan
+            a.fill_between(
+                times,
+                lo,
+                hi,
+                color="C0",
+                alpha=0.25,
+                lw=0,
+                label=f"{int(level * 100)}% of replicates",
+            )
+            for j, d in enumerate(lines):
+                a.plot(
+                    times,
+                    draws[d, :, i],
+                    color="C0",
+                    lw=0.7,
+                    alpha=0.6,
+                    label="replicates" if j == 0 else None,
+                )
+            a.plot(
+                times[ok],
+                y[ok, i],
+                "o",
+                ms=3,
+                color="k",
+                label=f"data ({inside:.0%} inside the band)",
+            )
+            a.set_ylabel(label)
+        else:
+            from scipy.stats import gaussian_kde
+
+            obs = y[ok, i]
+            rep = draws[:, ok, i]
+            finite = rep[np.isfinite(rep)]
+            lo, hi = np.quantile(np.concatenate([obs, finite]), [0.001, 0.999])
+            pad = 0.1 * (hi - lo or 1.0)
+            grid = np.linspace(lo - pad, hi + pad, 200)
+            for j, d in enumerate(lines):
+                r = rep[d][np.isfinite(rep[d])]
+                if r.size > 1 and np.ptp(r) > 0:
+                    a.plot(
+                        grid,
+                        gaussian_kde(r)(grid),
+                        color="C0",
+                        lw=0.6,
+                        alpha=0.4,
+                        label="replicates" if j == 0 else None,
+                    )
+            if obs.size > 1 and np.ptp(obs) > 0:
+                a.plot(grid, gaussian_kde(obs)(grid), color="k", lw=2.0, label="data")
+            a.set_xlabel(label)
+            a.set_ylabel("density")
+    if kind == "series":
+        # Above the panel: a legend inside would hide data.
+        axes[0].legend(
+            loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize="small", frameon=False
+        )
+        axes[-1].set_xlabel("time")
+    else:
+        axes[0].legend(loc="best", fontsize="small", frameon=False)
+    if title:
+        (fig.suptitle if kind == "series" or m > 1 else axes[0].set_title)(title)
     fig.tight_layout()
     return fig
