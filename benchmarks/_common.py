@@ -36,10 +36,13 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 __all__ = [
+    "DYNESTYX_LABEL",
     "REPO",
     "RESULTS_DIR",
     "call",
     "compile_all",
+    "dynestyx_loglik",
+    "dynestyx_version",
     "enable_compile_cache",
     "format_ms",
     "machine_info",
@@ -315,3 +318,100 @@ def ou_linear_sde(theta, mu, sigma, noise):
         observation_noise=jnp.reshape(noise**2, (1, 1)),
         drift_intercept=jnp.reshape(theta * mu, (1,)),
     )
+
+
+# ------------------------------------------------------------------ dynestyx-equivalent
+
+DYNESTYX_LABEL = "dynestyx-equivalent: NumPyro + Van Loan + cuthbert parallel filter"
+DYNESTYX_NOTE = (
+    "dynestyx (PyPI) needs Python >= 3.12 and is not installable on this Python "
+    "({python}); the peer is its closest equivalent named by issue 6: per-step Van Loan "
+    "discretisation by jax.scipy.linalg.expm under JAX's AD and cuthbert's parallel "
+    "square-root Kalman filter (cuthbert.gaussian.kalman, associative scan)"
+)
+
+
+def dynestyx_version() -> dict:
+    """Which dynestyx peer runs here: the package if importable, else the equivalent."""
+    try:
+        import dynestyx
+    except ImportError:
+        import cuthbert
+
+        return {
+            "dynestyx": None,
+            "dynestyx_peer": "equivalent",
+            "cuthbert": cuthbert.__version__,
+            "dynestyx_note": DYNESTYX_NOTE.format(python=platform.python_version()),
+        }
+    return {"dynestyx": getattr(dynestyx, "__version__", "installed"), "dynestyx_peer": "dynestyx"}
+
+
+def _van_loan_expm(a, q, c, dts):
+    """Per-step exact discretisation by ``jax.scipy.linalg.expm`` (vmapped over steps).
+
+    Van Loan: ``expm([[-A, GGᵀ], [0, Aᵀ]]Δ) = [[·, F₁₂], [0, F₂₂]]``, ``A_d = F₂₂ᵀ``,
+    ``Q_d = A_d F₁₂``; the intercept's offset ``∫₀^Δ e^{As} ds c`` from the augmented
+    exponential ``expm([[A, c], [0, 0]]Δ)``.
+    """
+    n = a.shape[-1]
+    zn = jnp.zeros_like(a)
+    block = jnp.block([[-a, q], [zn, a.T]])
+    aug = jnp.block([[a, c[:, None]], [jnp.zeros((1, n + 1), a.dtype)]])
+
+    def one(dt):
+        f = jax.scipy.linalg.expm(block * dt)
+        ad = f[n:, n:].T
+        qd = ad @ f[:n, n:]
+        off = jax.scipy.linalg.expm(aug * dt)[:n, n]
+        return ad, off, 0.5 * (qd + qd.T)
+
+    return jax.vmap(one)(dts)
+
+
+def dynestyx_loglik(model, times, y, parallel: bool = True):
+    """Log-likelihood of a (time-invariant, unbatched) ``kalmanad.LinearSDE`` with a
+    stationary start, the dynestyx way: Van Loan per step by ``jax.scipy.linalg.expm``,
+    then cuthbert's square-root Kalman filter (``parallel``: associative scan).
+
+    ``times`` (T,) with distinct steps (a zero step has a singular Q_d, whose Cholesky
+    factor is undefined), ``y`` (T, m) without missing values; ``jax.vmap`` over both
+    for a panel. The first
+    observation is of the stationary state: cuthbert's first element propagates the
+    initial state by the identity with zero noise. Traceable in the model's arrays.
+    """
+    from cuthbert import filter as cuthbert_filter
+    from cuthbert.gaussian import kalman
+
+    a, q = model.drift, model.diffusion
+    n = a.shape[-1]
+    c = model.drift_intercept if model.drift_intercept is not None else jnp.zeros(n, a.dtype)
+    h, r = model.observation, model.observation_noise
+    m = h.shape[0]
+    d = (
+        model.observation_intercept
+        if model.observation_intercept is not None
+        else jnp.zeros(m, a.dtype)
+    )
+    eye = jnp.eye(n, dtype=a.dtype)
+    # stationary start: (A ⊗ I + I ⊗ A) vec P∞ = -vec GGᵀ, m∞ = -A⁻¹c
+    p0 = jnp.linalg.solve(jnp.kron(a, eye) + jnp.kron(eye, a), -q.reshape(-1)).reshape(n, n)
+    p0 = 0.5 * (p0 + p0.T)
+    m0 = -jnp.linalg.solve(a, c)
+    dts = jnp.diff(jnp.asarray(times, a.dtype))
+    ad, off, qd = _van_loan_expm(a, q, c, dts)
+    inputs = {
+        "F": jnp.concatenate([eye[None], ad]),
+        "c": jnp.concatenate([jnp.zeros((1, n), a.dtype), off]),
+        "chol_Q": jnp.concatenate([jnp.zeros((1, n, n), a.dtype), jnp.linalg.cholesky(qd)]),
+        "y": jnp.asarray(y, a.dtype),
+    }
+    chol_r = jnp.linalg.cholesky(r)
+    filt = kalman.build_filter(
+        m0,
+        jnp.linalg.cholesky(p0),
+        lambda mi: (mi["F"], mi["c"], mi["chol_Q"]),
+        lambda mi: (h, d, chol_r, mi["y"]),
+    )
+    states = cuthbert_filter(filt, inputs, filt.init_prepare(), parallel=parallel)
+    return states.log_normalizing_constant[-1]
