@@ -15,6 +15,11 @@ kalmanad sequential / sqrt / parallel
     ``kalmanad.log_likelihood(model(θ), t, y, method=...)``.
 tinygp
     ``GaussianProcess(SHO(ω, Q, σ), t, diag=noise²).log_probability(y)`` (quasiseparable).
+dynestyx-equivalent
+    dynestyx's way of computing the same likelihood (dynestyx itself needs Python ≥ 3.12
+    and is not installable here; ``_common.dynestyx_version`` records which ran): a Van
+    Loan block ``jax.scipy.linalg.expm`` per step under JAX's AD, then cuthbert's parallel
+    square-root Kalman filter (``cuthbert.gaussian.kalman``, associative scan).
 dynamax
     ``lgssm_filter`` with time-varying parameters (T, n, n) fed kalmanad's discretisation
     (``kalmanad.discretize_model``); JAX differentiates through both. dynamax adds
@@ -94,8 +99,11 @@ import dynamax  # noqa: E402
 import statsmodels  # noqa: E402
 import tinygp  # noqa: E402
 from _common import (  # noqa: E402
+    DYNESTYX_LABEL,
     call,
     compile_all,
+    dynestyx_loglik,
+    dynestyx_version,
     enable_compile_cache,
     format_ms,
     machine_info,
@@ -189,6 +197,13 @@ def dynamax_loglik(times):
             ),
         )
         return lgssm_filter(params, y).marginal_loglik
+
+    return f
+
+
+def dynestyx_peer_loglik(times):
+    def f(theta, y):
+        return dynestyx_loglik(sho_linear_sde(*theta), times, y)
 
     return f
 
@@ -294,6 +309,7 @@ def contenders(times):
     """{name: loglik(θ, y)} for value_and_grad timing, in table order."""
     out = {f"kalmanad {m}": kalmanad_loglik(times, m) for m in METHODS}
     out[REFERENCE] = tinygp_loglik(times)
+    out[DYNESTYX_LABEL] = dynestyx_peer_loglik(times)
     out["dynamax (our discretisation)"] = dynamax_loglik(times)
     out[NAIVE] = naive_loglik(times)
     return out
@@ -404,6 +420,7 @@ def run_size(n, repeats, max_seconds, keep=False):
             row["ratio_vs_tinygp"] = med[k] / med[REFERENCE]
             row["ratio_vs_tinygp_min"] = low[k] / low[REFERENCE]
             row["ratio_vs_naive"] = med[k] / med[NAIVE]
+            row["ratio_vs_dynestyx"] = med[k] / med[DYNESTYX_LABEL]
         rows.append(row)
     return (rows, exe, jobs, times, y) if keep else (rows, None, None, times, y)
 
@@ -550,6 +567,7 @@ def main():
         dynamax=dynamax.__version__,
         statsmodels=statsmodels.__version__,
         kalmanad=kalmanad.__version__,
+        **dynestyx_version(),
     )
     print(
         f"kalmanad filter benchmark | jax {info['jax']} | backend {info['backend']} "
@@ -559,7 +577,9 @@ def main():
     print(
         "SHO (tinygp quasisep form) + white noise, irregular times; value_and_grad of the\n"
         "log-likelihood w.r.t. (omega, quality, sigma, noise). Median ms per call after jit;\n"
-        "÷ tinygp and ÷ naive: contender time ÷ peer time in the same run (< 1: faster)."
+        "÷ tinygp, ÷ naive, ÷ dynestyx: contender time ÷ peer time in the same run (< 1:\n"
+        f"faster). dynestyx peer: {DYNESTYX_LABEL}"
+        + ("" if info.get("dynestyx") else "; dynestyx not installable on this Python")
     )
     t_start = time.perf_counter()
     rows, bd_rows = [], []
@@ -585,6 +605,7 @@ def main():
         "µs/point",
         "÷ tinygp",
         "÷ naive",
+        "÷ dynestyx",
         "rel diff",
         "compile s",
     ]
@@ -601,6 +622,7 @@ def main():
                 f"{r['us_per_point']:.2f}",
                 _fmt_ratio(r["ratio_vs_tinygp"]),
                 _fmt_ratio(r["ratio_vs_naive"]),
+                _fmt_ratio(r["ratio_vs_dynestyx"]),
                 f"{r['rel_diff_vs_tinygp']:.0e}",
                 f"{r['compile_s']:.0f}",
             ]
@@ -690,7 +712,9 @@ def main():
         f"jax {info['jax']}, backend {info['backend']} ({info['device']}), "
         f"{info['cpu_count']} CPUs, float64, load average at start "
         f"{info['load_average_at_start']}, {info['date_utc']}. Median of interleaved "
-        "samples after jit warm-up; ratios are contender ÷ peer in the same run.",
+        "samples after jit warm-up; ratios are contender ÷ peer in the same run. "
+        f"dynestyx peer: {DYNESTYX_LABEL}"
+        + ("." if info.get("dynestyx") else " (dynestyx not installable on this Python)."),
         "",
         "## value_and_grad of the SHO log-likelihood",
         "",
