@@ -141,10 +141,10 @@ idata = kalmanad.fit_nuts(
 print(f"NUTS {settings}: {time.perf_counter() - start:.1f} s (compilation included)")
 summary = az.summary(idata, var_names=list(truth), round_to=3)
 summary.insert(0, "truth", [truth[k] for k in summary.index])
-print(summary)
+print(summary.to_string())
 
 # %%
-axes = az.plot_trace(idata, var_names=list(truth), compact=True, figsize=(8, 6))
+axes = az.plot_trace(idata, var_names=list(truth), compact=True, figsize=(7, 4.8))
 plt.tight_layout()
 
 # %% [markdown]

@@ -37,8 +37,11 @@
 #
 # With 2284 weekly observations, the maximum a posteriori estimate (L-BFGS on the exact
 # gradient, `kalmanad.fit_map`) with its Laplace approximation is the practical fit;
-# the posterior draws of the Laplace approximation carry the uncertainty into the
-# decomposition and the forecast.
+# the draws of the Laplace approximation carry the parameter uncertainty into the
+# decomposition and the forecast. Where the Hessian at the mode is not positive
+# definite (the surface is very flat in some direction; this happens on the full weekly
+# record), `fit_map` warns and returns no draws, and the plots below show the state
+# uncertainty at the MAP alone.
 
 # %%
 import os
@@ -118,23 +121,26 @@ def model(times, y=None):
 start = time.perf_counter()
 fit = kalmanad.fit_map(model, times, y, seed=SEED, num_starts=2, num_draws=200)
 print(f"fit_map: {time.perf_counter() - start:.1f} s (compilation included), {fit.message}")
-draws = {k: np.asarray(v) for k, v in fit.draws.items()}
+# fit.draws is None when the Hessian at the mode is not positive definite (then the
+# smoother and the forecast below use the MAP point alone)
+draws = {k: np.asarray(v) for k, v in (fit.draws or {}).items()}
 print(f"{'parameter':14s} {'MAP':>9s} {'90% Laplace interval':>24s}")
 for name, value in fit.params.items():
     for i, v in enumerate(np.atleast_1d(np.asarray(value))):
-        d = draws[name].reshape(len(draws[name]), -1)[:, i]
-        lo, hi = np.quantile(d, [0.05, 0.95])
         label = name if np.ndim(value) == 0 else f"{name}[{i}]"
-        print(f"{label:14s} {v:9.4f} {f'[{lo:.4f}, {hi:.4f}]':>24s}")
+        interval = ""
+        if name in draws:
+            lo, hi = np.quantile(draws[name].reshape(len(draws[name]), -1)[:, i], [0.05, 0.95])
+            interval = f"[{lo:.4f}, {hi:.4f}]"
+        print(f"{label:14s} {v:9.4f} {interval:>24s}")
 
 # %% [markdown]
-# How to read the estimates: the quality factors are in the hundreds, so each
-# oscillator keeps its phase and amplitude for decades (the amplitude relaxes on a time
-# scale of $2Q/\omega_k$ years). The amplitude parameters `amp` are the standard
-# deviations that the driving noise alone would sustain; with such slow damping and a
-# diffuse start, the observed cycle (a few ppm) is mostly carried from the start of the
-# record and only slowly reshaped by the noise. The slope of the trend wanders slowly
-# (`sigma_slope`), and `noise` is the week-to-week scatter around the smooth curve.
+# How to read the estimates: an oscillator with quality factor $Q$ keeps its phase and
+# amplitude over about $Q/\pi$ cycles (its amplitude relaxes on a time scale of
+# $2Q/\omega_k$ years), so a $Q$ of tens lets the shape of the seasonal cycle drift
+# over a decade or so. `amp` is the standard deviation each oscillator would have in
+# its stationary state. The slope of the trend wanders slowly (`sigma_slope`), and
+# `noise` is the week-to-week scatter around the smooth curve.
 #
 # ## Decomposition
 #
