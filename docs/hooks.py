@@ -61,9 +61,10 @@ def examples_index() -> str:
         "# Examples",
         "",
         "Each example is a Jupyter notebook, shown here with the outputs it was saved",
-        "with, and a script version with the same code (run it with `python`). They live",
-        "in the repository's `examples/` folder; the test suite runs them with fewer",
-        "posterior draws.",
+        "with, and a script with the same code (`python examples/<name>.py`). They live",
+        "in the repository's `examples/` folder. The test suite executes every notebook",
+        "in a quick mode (`KALMANAD_EXAMPLES_QUICK=1`: fewer draws, smaller data sets),",
+        "so a broken example fails CI.",
         "",
     ]
     if nbs:
