@@ -852,9 +852,9 @@ def discretize_model(
     # ZOH: step k holds u_{k-1}; step 0 has Δ = 0 (Fd = 0), any value works there.
     u_hold = jnp.concatenate([u[..., :1, :], u[..., :-1, :]], axis=-2)
     offset = _offsets(model, fd, u_hold, u)
-    obs_offset = model.observation_intercept + jnp.einsum(
-        "ij,...j->...i", model.observation_input_effect, u
-    )
+    obs_offset = model.observation_intercept
+    if model.n_inputs:  # no zero-size einsum: nothing to add, and shard_map rejects it
+        obs_offset = obs_offset + jnp.einsum("ij,...j->...i", model.observation_input_effect, u)
     m0, p0 = initial_moments(model)
 
     def bcast(x, core):

@@ -28,7 +28,9 @@ import numpy as np
 from numpyro.distributions import Distribution, constraints
 
 from kalmanad.filter import METHODS
+from kalmanad.filter._common import check_checkpoint
 from kalmanad.model import LinearSDE
+from kalmanad.scale import sharded_log_likelihood
 from kalmanad.statespace import (
     _is_concrete,
     _validity,
@@ -55,6 +57,12 @@ class LinearSDEDistribution(Distribution):
         inputs: optional (..., T, p) inputs (see :func:`kalmanad.discretize_model` for
             the zero-order-hold and impulse conventions).
         method: ``"sequential"``, ``"sqrt"`` or ``"parallel"`` filter.
+        checkpoint: segment length of a rematerialised scan for long series (gradient
+            memory O(T/k + k) steps instead of O(T); see :func:`kalmanad.kalman_filter`).
+        mesh: a :class:`jax.sharding.Mesh` (e.g. :func:`kalmanad.scale.subject_mesh`):
+            ``log_prob`` of a panel (batch shape (S,)) then splits the subjects across
+            its ``"subjects"`` axis with :func:`kalmanad.scale.sharded_log_likelihood`.
+            Needs concrete (numpy) times.
 
     ``log_prob(value)`` with value (..., T, m) returns shape ``batch_shape`` (leading
     sample dims of ``value`` broadcast in front). NaN entries are missing. Invalid
@@ -66,10 +74,18 @@ class LinearSDEDistribution(Distribution):
     # NaN marks a missing value, so the support cannot be checked entrywise.
     support = constraints.independent(constraints.real, 2)
     pytree_data_fields = ("model", "times", "inputs")
-    pytree_aux_fields = ("method",)
+    pytree_aux_fields = ("method", "checkpoint", "mesh")
 
     def __init__(
-        self, model: LinearSDE, times, inputs=None, method="sequential", *, validate_args=None
+        self,
+        model: LinearSDE,
+        times,
+        inputs=None,
+        method="sequential",
+        *,
+        checkpoint: int | None = None,
+        mesh=None,
+        validate_args=None,
     ):
         if not isinstance(model, LinearSDE):
             raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
@@ -89,6 +105,10 @@ class LinearSDEDistribution(Distribution):
         self.times = times
         self.inputs = inputs
         self.method = method
+        self.checkpoint = check_checkpoint(checkpoint, method)
+        self.mesh = mesh
+        if mesh is not None and "subjects" not in mesh.shape:
+            raise ValueError(f"mesh needs an axis named 'subjects', got axes {tuple(mesh.shape)}")
         shapes = [model_batch_shape(model), times.shape[:-1]]
         if inputs is not None:
             shapes.append(inputs.shape[:-2])
@@ -101,9 +121,10 @@ class LinearSDEDistribution(Distribution):
     # NumPyro's tree_flatten machinery needs the constructor to accept its fields.
     @classmethod
     def tree_unflatten(cls, aux_data, params):
-        (model, times, inputs), (method,) = params, aux_data
+        (model, times, inputs), (method, checkpoint, mesh) = params, aux_data
         obj = cls.__new__(cls)
         obj.model, obj.times, obj.inputs, obj.method = model, times, inputs, method
+        obj.checkpoint, obj.mesh = checkpoint, mesh
         shapes = [model_batch_shape(model), jnp.shape(times)[:-1]]
         Distribution.__init__(
             obj,
@@ -113,7 +134,7 @@ class LinearSDEDistribution(Distribution):
         return obj
 
     def tree_flatten(self):
-        return (self.model, self.times, self.inputs), (self.method,)
+        return (self.model, self.times, self.inputs), (self.method, self.checkpoint, self.mesh)
 
     def _filter(self, value):
         value = jnp.asarray(value)
@@ -122,13 +143,30 @@ class LinearSDEDistribution(Distribution):
                 f"value must have shape (..., {self.event_shape[0]}, {self.event_shape[1]}) "
                 f"(T from times, m from the model's observation matrix), got {value.shape}"
             )
-        return kalman_filter(self.model, self.times, value, self.inputs, method=self.method)
+        return kalman_filter(
+            self.model,
+            self.times,
+            value,
+            self.inputs,
+            method=self.method,
+            checkpoint=self.checkpoint,
+        )
 
     def log_prob(self, value):
         """Exact log-likelihood of ``value`` (..., T, m); shape ``batch_shape``."""
         invalid = self._concretely_invalid(value)
         if invalid is not None:
             return invalid
+        if self.mesh is not None and len(self.batch_shape) == 1 and jnp.ndim(value) == 3:
+            return sharded_log_likelihood(
+                self.model,
+                self.times,
+                value,
+                self.inputs,
+                mesh=self.mesh,
+                method=self.method,
+                checkpoint=self.checkpoint,
+            )
         return self._filter(value).log_likelihood
 
     def _concretely_invalid(self, value):

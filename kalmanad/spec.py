@@ -2129,7 +2129,15 @@ class ModelSpec:
         return numpyro.handlers.seed(self._sample_parameters, key)(n_subjects, cov)
 
     def numpyro_model(
-        self, times, y=None, inputs=None, subject=None, covariates=None, method: str | None = None
+        self,
+        times,
+        y=None,
+        inputs=None,
+        subject=None,
+        covariates=None,
+        method: str | None = None,
+        checkpoint: int | None = None,
+        mesh=None,
     ):
         """NumPyro model: sample the priors, build the SDE, observe ``y`` (site "y").
 
@@ -2147,7 +2155,8 @@ class ModelSpec:
         ``y`` are missing. Derived quantities are recorded as deterministic sites.
         Parameter values that make no proper model (e.g. an unstable drift with a
         stationary start) are left to the distribution (a -inf log-likelihood), never
-        raised. ``method`` is passed to the distribution when given.
+        raised. ``method``, ``checkpoint`` (long series) and ``mesh`` (subjects split
+        across devices, :mod:`kalmanad.scale`) are passed to the distribution.
         """
         from kalmanad.distributions import LinearSDEDistribution
 
@@ -2196,7 +2205,7 @@ class ModelSpec:
             for x, v in self.derived_values(values).items():
                 numpyro.deterministic(x, v)
         kw = {} if method is None else {"method": method}
-        d = LinearSDEDistribution(model, times, inputs, **kw)
+        d = LinearSDEDistribution(model, times, inputs, checkpoint=checkpoint, mesh=mesh, **kw)
         if n_subjects is None:
             return numpyro.sample("y", d, obs=y)
         with numpyro.plate("subjects", n_subjects):

@@ -41,6 +41,7 @@ from kalmanad.filter import (
     rts_smoother_ssm,
     simulate_ssm,
 )
+from kalmanad.filter._common import check_checkpoint
 from kalmanad.model import _FIELDS as _FIELD_NAMES
 from kalmanad.model import LinearSDE
 
@@ -77,13 +78,17 @@ def _broadcast_model(model: LinearSDE, batch: tuple[int, ...]) -> LinearSDE:
     return jax.tree.unflatten(treedef, out)
 
 
-def discretize_observed(model: LinearSDE, times, inputs=None, *, discretization="van_loan"):
+def discretize_observed(
+    model: LinearSDE, times, inputs=None, *, discretization="van_loan", grid: StepGrid | None = None
+):
     """The :class:`~kalmanad.ssm.DiscreteSSM` of a possibly batched model at ``times``.
 
     An unbatched model goes straight to :func:`~kalmanad.discretize.discretize_model`
     (``times`` may still carry subject dims). A batched model is broadcast against the
     leading dims of ``times``/``inputs`` and discretised under one ``jax.vmap``; with
     concrete times the distinct step sizes of the whole panel are still found once.
+    ``grid``: a precomputed :class:`~kalmanad.discretize.StepGrid` of ``times`` (its
+    ``index`` with the shape of ``times``), for times that are traced here.
 
     Returns:
         ``(ssm, batch)``: the discrete model with per-step arrays (*batch, T, ...) and the
@@ -105,11 +110,12 @@ def discretize_observed(model: LinearSDE, times, inputs=None, *, discretization=
             f"{None if inputs is None else jnp.shape(inputs)} do not broadcast"
         ) from None
     if not mbatch:
-        return discretize_model(model, times, inputs, method=discretization), batch
+        return discretize_model(model, times, inputs, method=discretization, grid=grid), batch
 
     T = t_shape[-1]
-    t_c = check_times(times)
-    grid = step_grid(t_c) if t_c is not None else None
+    if grid is None:
+        t_c = check_times(times)
+        grid = step_grid(t_c) if t_c is not None else None
     size = math.prod(batch)
     flat_model = jax.tree.map(
         lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
@@ -117,7 +123,7 @@ def discretize_observed(model: LinearSDE, times, inputs=None, *, discretization=
     flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
     args = [flat_model, flat_times]
     if grid is not None:
-        args.append(np.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
+        args.append(jnp.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
     if inputs is not None:
         p = jnp.shape(inputs)[-1]
         args.append(jnp.broadcast_to(jnp.asarray(inputs), (*batch, T, p)).reshape(size, T, p))
@@ -190,6 +196,8 @@ def kalman_filter(
     *,
     method: str = "sequential",
     discretization: str = "van_loan",
+    checkpoint: int | None = None,
+    grid: StepGrid | None = None,
 ) -> FilterResult:
     """Exact Kalman filter of a continuous-time linear SDE observed at ``times``.
 
@@ -202,6 +210,14 @@ def kalman_filter(
             Cholesky factors; positive-definite in float32) or ``"parallel"``
             (associative scan, O(log T) depth). All three agree to rounding.
         discretization: ``"van_loan"`` (any drift) or ``"stationary"`` (stable drift).
+        checkpoint: segment length k of a rematerialised scan for long series
+            (sequential and sqrt methods): gradient memory O(T/k + k) steps instead of
+            O(T), same values and gradients, about one extra forward pass. None
+            (default) stores every step.
+        grid: the distinct step sizes of ``times`` from
+            :func:`kalmanad.discretize.step_grid`, computed on concrete times, for
+            calls where ``times`` arrive traced (e.g. inside ``shard_map``); default:
+            found here from concrete times.
 
     Returns:
         :class:`~kalmanad.filter.FilterResult` with ``log_likelihood`` (batch shape),
@@ -209,18 +225,19 @@ def kalman_filter(
         predicted and filtered means (..., T, n) and covariances (..., T, n, n).
         ``log_likelihood`` is ``-inf`` for invalid parameter values.
     """
+    check_checkpoint(checkpoint, method)  # before any work: a bad option is named at once
     ok = _validity(model, model_batch_shape(model))
     if not _is_concrete(model):
         # Double-where: run the filter on a harmless stand-in model where the
         # parameters are invalid, so that no NaN reaches the gradient through the
         # discarded branch; the result there is replaced by -inf below.
         model = _guarded(model, ok)
-    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
     ssm, y, batch = _align(ssm, y, batch)
     diffuse = model.initial_state == "diffuse"
     kw = {"diffuse_mask": jnp.ones(model.n_states, bool)} if diffuse else {}
-    res = filter_ssm(ssm, y, method, **kw)
+    res = filter_ssm(ssm, y, method, checkpoint=checkpoint, **kw)
     ok = jnp.broadcast_to(ok, batch)
     ok_pw = ok[..., None]
     return res._replace(

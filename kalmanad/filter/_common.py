@@ -533,6 +533,55 @@ def _attach_cholesky_jvp(primals, tangents):
     return l, chol_tangent(l, symmetrize(dp))
 
 
+def check_checkpoint(checkpoint, method: str = "sequential") -> int | None:
+    """Validate the ``checkpoint`` segment length (a positive int, or None) for ``method``."""
+    if checkpoint is None:
+        return None
+    if method == "parallel":
+        raise ValueError(
+            "checkpoint applies to the 'sequential' and 'sqrt' filters (the parallel "
+            "filter's associative scan has no sequential segments to rematerialise)"
+        )
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)):
+        raise ValueError(
+            f"checkpoint must be a positive integer segment length or None, got {checkpoint!r}"
+        )
+    if checkpoint < 1:
+        raise ValueError(f"checkpoint must be a positive segment length, got {checkpoint}")
+    return int(checkpoint)
+
+
+def scan_segments(step, init, xs, *, checkpoint: int | None = None, unroll: int = 1):
+    """``lax.scan(step, init, xs)``, optionally in rematerialised segments.
+
+    With ``checkpoint = k`` the first ``(T // k) * k`` steps run as an outer scan over
+    segments of k steps, each segment a ``jax.checkpoint``-ed inner scan, and the
+    remaining steps as a plain scan. Reverse-mode AD then stores only the carry at each
+    segment start (T/k carries) plus, while one segment is being differentiated, that
+    segment's per-step residuals (k steps), instead of the residuals of all T steps:
+    the gradient's working memory drops from O(T) to O(T/k + k) steps (k ≈ √T is the
+    minimum) for about one extra forward pass. The stacked per-step outputs are
+    outputs, not residuals, and are the same as without checkpointing.
+    """
+    T = jax.tree.leaves(xs)[0].shape[0]
+    if checkpoint is None or checkpoint >= T:
+        return lax.scan(step, init, xs, unroll=unroll)
+    n_seg = T // checkpoint
+    T0 = n_seg * checkpoint
+    head = jax.tree.map(lambda x: x[:T0].reshape(n_seg, checkpoint, *x.shape[1:]), xs)
+
+    @jax.checkpoint
+    def segment(carry, xs_seg):
+        return lax.scan(step, carry, xs_seg, unroll=unroll)
+
+    carry, ys = lax.scan(segment, init, head)
+    ys = jax.tree.map(lambda y: y.reshape(T0, *y.shape[2:]), ys)
+    if T0 == T:
+        return carry, ys
+    carry, ys_tail = lax.scan(step, carry, jax.tree.map(lambda x: x[T0:], xs), unroll=unroll)
+    return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
+
+
 def first_bad_mask(ok):
     """``True`` from the first ``False`` of ``ok`` (T,) onwards (cumulative invalidity).
 

@@ -81,9 +81,14 @@ def _univariate_updates(a, Ps, Pinf, Hs, vs, obs, tol):
     return a, Ps, Pinf, ll, ok
 
 
-@partial(jax.jit, static_argnames=("diffuse_steps", "tail_method"))
+@partial(jax.jit, static_argnames=("diffuse_steps", "tail_method", "checkpoint"))
 def filter_diffuse(
-    ssm: DiscreteSSM, y, diffuse_mask, diffuse_steps: int, tail_method: str = "sequential"
+    ssm: DiscreteSSM,
+    y,
+    diffuse_mask,
+    diffuse_steps: int,
+    tail_method: str = "sequential",
+    checkpoint: int | None = None,
 ) -> FilterResult:
     """Filter with exact diffuse initialisation (internal; see module doc).
 
@@ -93,7 +98,7 @@ def filter_diffuse(
     window is filtered sequentially (it is short: ``diffuse_steps`` steps); the rest
     of the series by ``tail_method`` ("sequential", "sqrt" or "parallel"), started
     from the state ``(a, P_*)`` at the end of the window, so every method gives the
-    same exact diffuse log-likelihood.
+    same exact diffuse log-likelihood. ``checkpoint`` is passed to the tail filter.
     """
     T, n = ssm.offset.shape
     mask = jnp.asarray(diffuse_mask)
@@ -140,7 +145,8 @@ def filter_diffuse(
         tail_ssm = DiscreteSSM(
             *(x[d:] for x in ssm[:6]), initial_mean=a, initial_cov=symmetrize(Ps)
         )
-        res = _TAIL_FILTERS[tail_method](tail_ssm, y[d:])
+        kw = {} if checkpoint is None else {"checkpoint": checkpoint}
+        res = _TAIL_FILTERS[tail_method](tail_ssm, y[d:], **kw)
         head_ok = jnp.isfinite(total)
         total = jnp.where(head_ok, total + res.log_likelihood, -jnp.inf)
         pointwise = jnp.concatenate(

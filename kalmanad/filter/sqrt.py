@@ -38,7 +38,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from kalmanad.filter._common import (
     LOG_2PI,
@@ -46,6 +45,7 @@ from kalmanad.filter._common import (
     chol_tangent,
     mT,
     psd_factor,
+    scan_segments,
     symmetrize,
     tri_solve,
     tria,
@@ -140,9 +140,14 @@ def _step(carry, inp):
     return (m_f, P_f, L_f, ok), (m_p, m_f, P_f, L_f, ll, ok)
 
 
-@partial(jax.jit, static_argnames=("unroll",))
-def filter_sqrt(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
-    """Square-root filter on an unbatched, promoted SSM (internal)."""
+@partial(jax.jit, static_argnames=("unroll", "checkpoint"))
+def filter_sqrt(
+    ssm: DiscreteSSM, y, *, unroll: int = 1, checkpoint: int | None = None
+) -> FilterResult:
+    """Square-root filter on an unbatched, promoted SSM (internal).
+
+    ``checkpoint``: segment length of a rematerialised scan (see ``scan_segments``).
+    """
     ssm, y0, n_obs, ok_in = setup(ssm, y)
     # Indefinite covariances (beyond rounding) are invalid: the factors would clamp them.
     GQ, ok_q = psd_factor(ssm.transition_cov)
@@ -163,7 +168,9 @@ def filter_sqrt(ssm: DiscreteSSM, y, *, unroll: int = 1) -> FilterResult:
         ok_q & ok_r,
     )
     init = (ssm.initial_mean, ssm.initial_cov, L0, ok_in)
-    (_, _, _, ok), (m_p, m_f, P_f, L_f, ll, ok_t) = lax.scan(_step, init, xs, unroll=unroll)
+    (_, _, _, ok), (m_p, m_f, P_f, L_f, ll, ok_t) = scan_segments(
+        _step, init, xs, checkpoint=checkpoint, unroll=unroll
+    )
     total = jnp.where(ok, jnp.sum(ll), -jnp.inf)
     pointwise = jnp.where(ok_t, ll, -jnp.inf)
 
