@@ -152,17 +152,18 @@ def _demote(markdown: str, levels: int) -> str:
 def _rewrite_links(markdown: str, base: str, published: Path | None = None) -> str:
     """Relative links of an included file, made valid on the page that includes it.
 
-    A link or image whose target is a file of ``published`` (``benchmarks/results/``,
-    whose files the site publishes under ``results/`` next to the benchmarks page) points
-    there; any other link to a repository file becomes a code span naming it
-    (``base`` + target), since the site does not contain it. Web links stay.
+    A link or image whose target is a file directly in ``published``
+    (``benchmarks/results/``, whose top-level files the site publishes under ``results/``
+    next to the benchmarks page) points there; any other link to a repository file
+    becomes a code span naming it (``base`` + target), since the site does not contain
+    it. Web links stay.
     """
 
     def repl(m):
         bang, text, target = m.group(1), m.group(2), m.group(3)
         if re.match(r"[a-z]+://|#|mailto:", target):
             return m.group(0)
-        if published is not None and (published / target).is_file():
+        if published is not None and "/" not in target and (published / target).is_file():
             return f"{bang}[{text}](results/{target})"
         if text.strip("`") == target or not text:
             return f"`{base}{target}`"

@@ -179,11 +179,16 @@ def test_hooks_rewrite_included_links(tmp_path):
     pytest.importorskip("mkdocs")
     hooks = _hooks()
     (tmp_path / "fig.png").write_bytes(b"")
-    text = "![a plot](fig.png) [data](run.json) [web](https://x.org) [`README.md`](README.md)"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.log").write_text("")
+    text = (
+        "![a plot](fig.png) [data](run.json) [web](https://x.org) [`README.md`](README.md) "
+        "[log](logs/a.log)"
+    )
     out = hooks._rewrite_links(text, "benchmarks/", tmp_path)
     assert out == (
         "![a plot](results/fig.png) data (`benchmarks/run.json`) [web](https://x.org) "
-        "`benchmarks/README.md`"
+        "`benchmarks/README.md` log (`benchmarks/logs/a.log`)"
     )
     assert hooks._demote("# a\n```\n# not a heading\n```\n## b", 1) == (
         "## a\n```\n# not a heading\n```\n### b"
