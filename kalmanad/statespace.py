@@ -91,7 +91,7 @@ def discretize_observed(
     ``index`` with the shape of ``times``), for times that are traced here.
 
     Returns:
-        ``(ssm, batch)``: the discrete model with per-step arrays (*batch, T, ...) and the
+        ``(ssm, batch)``: the discrete model with per-step arrays ``(*batch, T, ...)`` and the
         broadcast batch shape.
     """
     _check_model(model)
@@ -209,7 +209,9 @@ def kalman_filter(
         method: ``"sequential"`` (``lax.scan``), ``"sqrt"`` (square-root, QR-propagated
             Cholesky factors; positive-definite in float32) or ``"parallel"``
             (associative scan, O(log T) depth). All three agree to rounding.
-        discretization: ``"van_loan"`` (any drift) or ``"stationary"`` (stable drift).
+        discretization: ``"van_loan"`` (any drift; Taylor series with shared powers),
+            ``"van_loan_expm"`` (any drift; one block exponential per distinct step) or
+            ``"stationary"`` (stable drift), as in :func:`kalmanad.discretize`.
         checkpoint: segment length k of a rematerialised scan for long series
             (sequential and sqrt methods): gradient memory O(T/k + k) steps instead of
             O(T), same values and gradients, about one extra forward pass. None
@@ -304,8 +306,8 @@ def simulate(
     draws have exactly the law that :func:`kalman_filter` evaluates.
 
     Returns:
-        :class:`~kalmanad.filter.Simulation` with ``states`` (*sample_shape, *batch, T, n)
-        and ``observations`` (*sample_shape, *batch, T, m).
+        :class:`~kalmanad.filter.Simulation` with ``states`` ``(*sample_shape, *batch, T, n)``
+        and ``observations`` ``(*sample_shape, *batch, T, m)``.
     """
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
     sample_shape = tuple(sample_shape)
