@@ -333,8 +333,32 @@ def main():
         return json.loads(prev_path.read_text())["runs"] if prev_path.exists() else []
 
     if args.summarise_only:
-        prev = previous_runs()
-        runs = [r for r in prev if r["bench"] in args.only]
+        # The runs recorded in summary.json; a bench missing there (its run.py was a
+        # separate invocation) is summarised from its result file, dated by the file.
+        prev = {r["bench"]: r for r in previous_runs()}
+        for name in args.only:
+            path = RESULTS / f"{STEMS[name][0 if args.quick else 1]}.json"
+            if (
+                name in prev
+                and path.exists()
+                and path.stat().st_mtime >= prev[name]["started_unix"] - 1
+            ):
+                runs.append(prev[name])
+            elif path.exists():
+                d = json.loads(path.read_text())
+                runs.append(
+                    {
+                        "bench": name,
+                        "command": f"python benchmarks/bench_{name}.py"
+                        + (" --quick" if args.quick else ""),
+                        "status": "ok" if d.get("complete", True) else "incomplete",
+                        "returncode": None,
+                        "started_unix": path.stat().st_mtime,
+                        "wall_s": d.get("elapsed_s") or 0.0,
+                        "log": f"benchmarks/results/logs/{name}.log",
+                        "log_tail": [],
+                    }
+                )
     else:
         for name in args.only:
             runs.append(run_bench(name, args, env))
@@ -357,6 +381,9 @@ def main():
                 )
             continue
         r["result_file"] = str(path.relative_to(HERE.parent))
+        r["result_written_utc"] = datetime.datetime.fromtimestamp(
+            path.stat().st_mtime, datetime.timezone.utc
+        ).isoformat(timespec="seconds")
         machine = machine or d.get("machine")
         rat, tg = REDUCE[r["bench"]]
         ratios += rat(d)
@@ -389,9 +416,16 @@ def main():
     ]
     t_head = ["bench", "target", "measured", "met"]
     t_body = [[t["bench"], t["target"], _meas(t["measured"]), _met(t["met"])] for t in targets]
-    s_head = ["bench", "status", "wall s", "result"]
+    s_head = ["bench", "status", "wall s", "result", "written (UTC)"]
     s_body = [
-        [r["bench"], r["status"], f"{r['wall_s']:.0f}", r.get("result_file", "—")] for r in runs
+        [
+            r["bench"],
+            r["status"],
+            f"{r['wall_s']:.0f}",
+            r.get("result_file", "—"),
+            r.get("result_written_utc", "—"),
+        ]
+        for r in runs
     ]
     be = (machine or {}).get("backend", "?")
     dev = (machine or {}).get("device", "?")
