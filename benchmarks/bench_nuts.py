@@ -15,7 +15,13 @@ SHO  tinygp's SHO kernel (ω, Q, σ) + mean μ + white noise: omega ~ LogNormal(
      noise ~ HalfNormal(1). kalmanad: the SHO state-space form as a LinearSDE;
      tinygp: ``GaussianProcess(quasisep.SHO(ω, Q, σ), t, diag=noise², mean=μ)``.
 
-Both use ``.numpyro_dist()``-style observation sites, and before sampling the two
+A third contender for each model is the dynestyx peer: dynestyx (NumPyro for dynamical
+systems) needs Python ≥ 3.12 and is not installable here, so it is its closest
+equivalent (``_common.dynestyx_loglik``, labelled "dynestyx-equivalent"): the same
+priors, the log-likelihood by a per-step Van Loan ``jax.scipy.linalg.expm`` and
+cuthbert's parallel square-root Kalman filter, added with ``numpyro.factor``.
+
+kalmanad and tinygp use ``.numpyro_dist()``-style observation sites, and before sampling the two
 potential energies (priors + log-likelihood) are checked to agree to 1e-8 at the
 initial point.
 
@@ -82,7 +88,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tinygp  # noqa: E402
 from _common import (  # noqa: E402
+    DYNESTYX_LABEL,
     compile_all,
+    dynestyx_loglik,
+    dynestyx_version,
     enable_compile_cache,
     machine_info,
     markdown_table,
@@ -153,12 +162,26 @@ def sho_tinygp(times, y):
     numpyro.sample("y", gp.numpyro_dist(), obs=y)
 
 
+def ou_dynestyx(times, y):
+    theta, mu, sigma, noise = ou_priors()
+    sde = ou_linear_sde(theta, mu, sigma, noise)
+    numpyro.factor("y", dynestyx_loglik(sde, times, y[:, None]))
+
+
+def sho_dynestyx(times, y):
+    omega, quality, sigma, mu, noise = sho_priors()
+    sde = sho_linear_sde(omega, quality, sigma, noise, mu)
+    numpyro.factor("y", dynestyx_loglik(sde, times, y[:, None]))
+
+
 def _with_method(model, method):
     def with_method(times, y):
         return model(times, y, method=method)
 
     return with_method
 
+
+DYNESTYX = "dynestyx-eq"  # DYNESTYX_LABEL; short for the tables
 
 # "kalmanad" is the default (sequential) filter; "kalmanad-par" the parallel-in-time one,
 # whose gradient has no sequential loop (XLA:CPU runs the reverse pass of a scan with a
@@ -168,11 +191,13 @@ MODELS = {
         "kalmanad": ou_kalmanad,
         "kalmanad-par": _with_method(ou_kalmanad, "parallel"),
         "tinygp": ou_tinygp,
+        DYNESTYX: ou_dynestyx,
     },
     "sho": {
         "kalmanad": sho_kalmanad,
         "kalmanad-par": _with_method(sho_kalmanad, "parallel"),
         "tinygp": sho_tinygp,
+        DYNESTYX: sho_dynestyx,
     },
 }
 
@@ -313,6 +338,7 @@ def main():
         tinygp=tinygp.__version__,
         arviz=az.__version__,
         kalmanad=kalmanad.__version__,
+        **dynestyx_version(),
     )
     print(
         f"kalmanad NUTS benchmark | jax {info['jax']} | numpyro {numpyro.__version__} | "
@@ -392,6 +418,12 @@ def main():
                 s["grad_evals_per_s_ratio_vs_tinygp"] = (
                     s["grad_evals_per_s"] / ref["grad_evals_per_s"]
                 )
+        peer = next((s for s in summary if s["model"] == name and s["contender"] == DYNESTYX), None)
+        for s in summary:
+            if s["model"] == name:
+                s["ess_per_s_ratio_vs_dynestyx"] = (
+                    None if peer is None else s["ess_per_s"] / peer["ess_per_s"]
+                )
     elapsed = time.perf_counter() - t_start
 
     head = [
@@ -403,6 +435,7 @@ def main():
         "min ESS",
         "ESS/s",
         "÷ tinygp",
+        "÷ dynestyx",
         "ESS/s (w+s)",
         "÷ tinygp",
         "leapfrog/draw",
@@ -420,6 +453,9 @@ def main():
             f"{s['min_ess']:.0f}",
             f"{s['ess_per_s']:.1f}",
             f"{s['ess_per_s_ratio_vs_tinygp']:.2f}",
+            "—"
+            if s["ess_per_s_ratio_vs_dynestyx"] is None
+            else f"{s['ess_per_s_ratio_vs_dynestyx']:.2f}",
             f"{s['ess_per_s_incl_warmup']:.1f}",
             f"{s['ess_per_s_incl_warmup_ratio_vs_tinygp']:.2f}",
             f"{s['leapfrog_per_draw']:.1f}",
@@ -442,7 +478,10 @@ def main():
     tg_lines = [
         f"{t['target']}: {t['measured']:.2f} — {'met' if t['met'] else 'NOT met'}" for t in targets
     ]
-    print(f"\nmedians over {len(seeds)} seed(s); ÷ tinygp: kalmanad ÷ tinygp (> 1: ours better)")
+    print(
+        f"\nmedians over {len(seeds)} seed(s); ÷ tinygp / ÷ dynestyx: contender ÷ peer "
+        f"(> 1: contender better); {DYNESTYX} = {DYNESTYX_LABEL}"
+    )
     print(text_table(head, body))
     print("\ntargets (measured in this run):")
     for line in tg_lines:
@@ -457,7 +496,9 @@ def main():
         f"{info['load_average_at_start']}, {info['date_utc']}. {ARGS.points} irregular points, "
         f"NUTS {num_warmup} warm-up + {num_samples} draws, 1 chain, medians over "
         f"{len(seeds)} seed(s). ESS/s = min bulk ESS ÷ sampling time (compilation and "
-        "warm-up excluded); (w+s): ÷ warm-up + sampling time.",
+        "warm-up excluded); (w+s): ÷ warm-up + sampling time. "
+        f"{DYNESTYX} = {DYNESTYX_LABEL}"
+        + ("." if info.get("dynestyx") else " (dynestyx not installable on this Python)."),
         "",
         markdown_table(head, body),
         "",
