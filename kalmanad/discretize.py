@@ -105,6 +105,7 @@ __all__ = [
     "discretize_step",
     "initial_moments",
     "step_grid",
+    "step_grid_rows",
 ]
 
 #: The accepted values of ``method=``.
@@ -710,6 +711,28 @@ def step_grid(times, *, rtol: float = 8.0) -> StepGrid:
         reps[0] = 0.0
     index = group[inv].reshape(dt.shape).astype(np.int32)
     return StepGrid(dt=reps, index=index)
+
+
+def step_grid_rows(times, *, rtol: float = 8.0) -> StepGrid:
+    """:func:`step_grid` of each row of concrete times (R, T) separately.
+
+    For subject-specific models (one drift per subject), each subject only needs the
+    distinct steps of its own row; a panel-wide grid would make every subject
+    discretise every step of the panel (S·U instead of at most S·T exponentials).
+    Rows with fewer distinct steps are padded with Δ = 0 (exactly (I, 0, 0)).
+
+    Returns:
+        :class:`StepGrid` with ``dt`` (R, U_max) and ``index`` (R, T).
+    """
+    t = check_times(times)
+    if t is None or t.ndim != 2:
+        raise ValueError("step_grid_rows needs concrete times of shape (R, T)")
+    grids = [step_grid(row, rtol=rtol) for row in t]
+    width = max(g.dt.size for g in grids)
+    dt = np.zeros((t.shape[0], width))
+    for r, g in enumerate(grids):
+        dt[r, : g.dt.size] = g.dt
+    return StepGrid(dt=dt, index=np.stack([g.index for g in grids]))
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from kalmanad.discretize import StepGrid, step_grid
+from kalmanad.discretize import StepGrid, check_times, step_grid, step_grid_rows
 from kalmanad.model import LinearSDE
 from kalmanad.statespace import _broadcast_model, kalman_filter, model_batch_shape
 
@@ -114,7 +114,7 @@ def sharded_log_likelihood(
         times = np.broadcast_to(times, (S, times.shape[0]))
     if times.shape != (S, T):
         raise ValueError(f"times must have shape (S, T) = ({S}, {T}) or (T,), got {times.shape}")
-    grid = step_grid(times)  # validates the times (finite, non-decreasing)
+    check_times(times)  # finite, non-decreasing, with a message naming the entry
     if inputs is not None:
         inputs = jnp.asarray(inputs)
         if inputs.ndim != 3 or inputs.shape[:2] != (S, T):
@@ -127,6 +127,9 @@ def sharded_log_likelihood(
             f"the model's batch shape must be () (shared) or (S,) = ({S},) (one per "
             f"subject), got {mbatch}"
         )
+    # A shared model discretises the distinct steps of the whole panel once; one model
+    # per subject only those of its own row (sharded with the subjects).
+    grid = step_grid_rows(times) if mbatch else step_grid(times)
 
     n_dev = mesh.shape[axis]
     pad = (-S) % n_dev
@@ -137,6 +140,9 @@ def sharded_log_likelihood(
         _pad_rows(y, pad, fill=jnp.nan),  # all-missing subjects contribute 0
     ]
     specs = [sharded, sharded, sharded]
+    if mbatch:
+        args.append(_pad_rows(jnp.asarray(grid.dt, dtype=y.dtype), pad))
+        specs.append(sharded)
     if inputs is not None:
         args.append(_pad_rows(inputs, pad))
         specs.append(sharded)
@@ -167,9 +173,11 @@ def sharded_log_likelihood(
         return jax.tree.unflatten(treedef, out)
 
     def local(full_, times_, index_, y_, *rest):
-        inputs_ = rest[0] if has_inputs else None
+        rest = list(rest)
+        dt_ = rest.pop(0) if mbatch else grid.dt
+        inputs_ = rest.pop(0) if has_inputs else None
         res = kalman_filter(
-            rebuild(full_), times_, y_, inputs_, grid=StepGrid(grid.dt, index_), **filter_kwargs
+            rebuild(full_), times_, y_, inputs_, grid=StepGrid(dt_, index_), **filter_kwargs
         )
         return res.log_likelihood
 

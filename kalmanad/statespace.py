@@ -30,7 +30,7 @@ from kalmanad.discretize import (
     check_times,
     discretize_model,
     discretize_step,
-    step_grid,
+    step_grid_rows,
 )
 from kalmanad.filter import (
     FilterResult,
@@ -88,7 +88,9 @@ def discretize_observed(
     leading dims of ``times``/``inputs`` and discretised under one ``jax.vmap``; with
     concrete times the distinct step sizes of the whole panel are still found once.
     ``grid``: a precomputed :class:`~kalmanad.discretize.StepGrid` of ``times`` (its
-    ``index`` with the shape of ``times``), for times that are traced here.
+    ``index`` with the shape of ``times``; for a batched model its ``dt`` may be per
+    subject, (*batch, U), as from :func:`~kalmanad.discretize.step_grid_rows`), for
+    times that are traced here.
 
     Returns:
         ``(ssm, batch)``: the discrete model with per-step arrays ``(*batch, T, ...)`` and the
@@ -113,24 +115,33 @@ def discretize_observed(
         return discretize_model(model, times, inputs, method=discretization, grid=grid), batch
 
     T = t_shape[-1]
+    size = math.prod(batch)
     if grid is None:
         t_c = check_times(times)
-        grid = step_grid(t_c) if t_c is not None else None
-    size = math.prod(batch)
+        if t_c is not None:
+            # One model per subject: each discretises only its own distinct steps.
+            grid = step_grid_rows(np.broadcast_to(t_c, (*batch, T)).reshape(size, T))
     flat_model = jax.tree.map(
         lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
     )
     flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
     args = [flat_model, flat_times]
+    per_row_dt = grid is not None and jnp.ndim(grid.dt) > 1
     if grid is not None:
         args.append(jnp.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
+        if per_row_dt:
+            U = jnp.shape(grid.dt)[-1]
+            args.append(jnp.broadcast_to(grid.dt, (*batch, U)).reshape(size, U))
     if inputs is not None:
         p = jnp.shape(inputs)[-1]
         args.append(jnp.broadcast_to(jnp.asarray(inputs), (*batch, T, p)).reshape(size, T, p))
 
     def one(m, t, *rest):
         rest = list(rest)
-        g = StepGrid(grid.dt, rest.pop(0)) if grid is not None else None
+        g = None
+        if grid is not None:
+            index = rest.pop(0)
+            g = StepGrid(rest.pop(0) if per_row_dt else grid.dt, index)
         u = rest.pop(0) if rest else None
         return discretize_model(m, t, u, method=discretization, grid=g)
 

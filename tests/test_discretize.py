@@ -655,3 +655,23 @@ def test_discretize_model_type_error_and_traced_no_raise():
         jnp.array([0.0, 2.0, 1.0])
     )
     assert out.shape == (3, 2, 2)
+
+
+def test_step_grid_rows_is_step_grid_of_each_row():
+    from kalmanad.discretize import step_grid, step_grid_rows
+
+    rng = np.random.default_rng(7)
+    times = np.cumsum(rng.choice([0.0, 0.5, 1.0, 1.3], size=(4, 9)), axis=1)
+    times[2] = np.arange(9) * 0.1  # a regular row: one step size (and Δ0 = 0)
+    grid = step_grid_rows(times)
+    assert grid.index.shape == times.shape
+    for r in range(4):
+        row = step_grid(times[r])
+        np.testing.assert_array_equal(grid.dt[r, : row.dt.size], row.dt)
+        np.testing.assert_array_equal(grid.dt[r, row.dt.size :], 0.0)  # padding: Δ = 0
+        np.testing.assert_allclose(
+            grid.dt[r][grid.index[r]], np.diff(times[r], prepend=times[r, 0])
+        )
+    assert grid.dt.shape[1] == max(step_grid(t).dt.size for t in times)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        step_grid_rows(times[:, ::-1])
