@@ -264,11 +264,12 @@ def ratios_scale(d):
     s = d.get("settings", {})
     peers = [r for r in rows if not r["contender"].startswith("kalmanad")]
     for o in (r for r in rows if r["contender"].startswith("kalmanad")):
-        for p in peers:
+        # only like with like: the peer is timed on a sub-panel (its "subjects")
+        for p in (p for p in peers if p.get("subjects") == o.get("subjects")):
             out.append(
                 _ratio(
                     "scale",
-                    f"panel {s.get('subjects')}×{s.get('obs_per_subject')}, 3 latent",
+                    f"panel {o.get('subjects')}×{s.get('obs_per_subject')}, 3 latent",
                     o["contender"],
                     p["contender"],
                     "value_and_grad time",
@@ -338,11 +339,7 @@ def main():
         prev = {r["bench"]: r for r in previous_runs()}
         for name in args.only:
             path = RESULTS / f"{STEMS[name][0 if args.quick else 1]}.json"
-            if (
-                name in prev
-                and path.exists()
-                and path.stat().st_mtime >= prev[name]["started_unix"] - 1
-            ):
+            if name in prev:  # load_fresh below rejects a result file older than the run
                 runs.append(prev[name])
             elif path.exists():
                 d = json.loads(path.read_text())
