@@ -551,6 +551,7 @@ def test_initial_moments():
     assert bool(ok)
 
 
+@pytest.mark.slow  # 50 s; the drift/diffusion check_grads stay in the default run
 def test_check_grads_through_discretize_model():
     times = np.array([0.0, 0.4, 1.0, 2.2])
     u = np.random.default_rng(6).normal(size=(4, 1))

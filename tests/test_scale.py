@@ -96,6 +96,21 @@ def test_sharded_panel_equals_single_device():
         _SHARED
         + """
 out = {"n_devices": len(jax.devices()), "shared": compare(loglik)}
+print(json.dumps(out))
+"""
+    )
+    assert res["n_devices"] == 4
+    _check(res["shared"])
+
+
+@pytest.mark.slow
+def test_sharded_per_subject_models_equal_single_device():
+    # one model per subject (random effects), sqrt and parallel filters; invalid values
+    res = _run(
+        _SHARED
+        + """
+out = {"sqrt": compare(per_subject),
+       "parallel": compare(lambda a, s: per_subject(a, s, "parallel"))}
 # an invalid parameter (unstable drift, stationary start): -inf, finite gradient
 bad = lambda a: sharded_log_likelihood(
     model.replace(drift=model.drift.at[0, 0].set(a)), times, y, mesh=mesh).sum()
@@ -104,25 +119,10 @@ out["invalid"] = [float(v), float(g)]
 print(json.dumps(out))
 """
     )
-    assert res["n_devices"] == 4
-    _check(res["shared"])
-    assert res["invalid"][0] == -np.inf
-    assert np.isfinite(res["invalid"][1])
-
-
-@pytest.mark.slow
-def test_sharded_per_subject_models_equal_single_device():
-    # one model per subject (random effects), sqrt and parallel filters
-    res = _run(
-        _SHARED
-        + """
-out = {"sqrt": compare(per_subject),
-       "parallel": compare(lambda a, s: per_subject(a, s, "parallel"))}
-print(json.dumps(out))
-"""
-    )
     _check(res["sqrt"])
     _check(res["parallel"])
+    assert res["invalid"][0] == -np.inf
+    assert np.isfinite(res["invalid"][1])
 
 
 @pytest.mark.slow
@@ -174,12 +174,10 @@ def _small_panel():
 def test_single_device_mesh_matches_filter():
     model, times, y = _small_panel()
     mesh = subject_mesh(jax.devices()[:1])
-    got = sharded_log_likelihood(model, times, y, mesh=mesh)
-    want = ka.log_likelihood(model, times, y)
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    # shared (T,) times broadcast over subjects
+    # shared (T,) times broadcast over the subjects ((S, T) times: the 4-device test)
     got = sharded_log_likelihood(model, times[0], y, mesh=mesh)
-    np.testing.assert_allclose(got, ka.log_likelihood(model, np.tile(times[0], (3, 1)), y))
+    want = ka.log_likelihood(model, np.tile(times[0], (3, 1)), y)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_bad_input_is_named():
