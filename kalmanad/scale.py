@@ -154,30 +154,13 @@ def sharded_log_likelihood(
     else:
         model_spec = PartitionSpec()
     has_inputs = inputs is not None
-    # Zero-size fields (no inputs: (…, n, 0) input effects) stay out of shard_map, whose
-    # partitioner rejects empty operands; each device rebuilds them at its local size.
-    leaves, treedef = jax.tree.flatten(model)
-    empty = [jnp.size(x) == 0 for x in leaves]
-    full = [x for x, e in zip(leaves, empty, strict=True) if not e]
-    local_rows = (S + pad) // n_dev
 
-    def rebuild(full_):
-        it = iter(full_)
-        out = []
-        for x, e in zip(leaves, empty, strict=True):
-            if not e:
-                out.append(next(it))
-            else:
-                shape = (local_rows, *x.shape[1:]) if mbatch else x.shape
-                out.append(jnp.zeros(shape, x.dtype))
-        return jax.tree.unflatten(treedef, out)
-
-    def local(full_, times_, index_, y_, *rest):
+    def local(model_, times_, index_, y_, *rest):
         rest = list(rest)
         dt_ = rest.pop(0) if mbatch else grid.dt
         inputs_ = rest.pop(0) if has_inputs else None
         res = kalman_filter(
-            rebuild(full_), times_, y_, inputs_, grid=StepGrid(dt_, index_), **filter_kwargs
+            model_, times_, y_, inputs_, grid=StepGrid(dt_, index_), **filter_kwargs
         )
         return res.log_likelihood
 
@@ -191,4 +174,4 @@ def sharded_log_likelihood(
         check_vma=False,
     )
     # jit: executed eagerly, shard_map would dispatch every operation separately
-    return jax.jit(fn)(full, *args)[:S]
+    return jax.jit(fn)(model, *args)[:S]
