@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from kalmanad.discretize import StepGrid, check_times, step_grid, step_grid_rows
+from kalmanad.discretize import StepGrid, step_grid, step_grid_rows
 from kalmanad.model import LinearSDE
 from kalmanad.statespace import _broadcast_model, kalman_filter, model_batch_shape
 
@@ -114,7 +114,6 @@ def sharded_log_likelihood(
         times = np.broadcast_to(times, (S, times.shape[0]))
     if times.shape != (S, T):
         raise ValueError(f"times must have shape (S, T) = ({S}, {T}) or (T,), got {times.shape}")
-    check_times(times)  # finite, non-decreasing, with a message naming the entry
     if inputs is not None:
         inputs = jnp.asarray(inputs)
         if inputs.ndim != 3 or inputs.shape[:2] != (S, T):
@@ -129,6 +128,7 @@ def sharded_log_likelihood(
         )
     # A shared model discretises the distinct steps of the whole panel once; one model
     # per subject only those of its own row (sharded with the subjects).
+    # (both validate the times: finite, non-decreasing, naming the bad entry)
     grid = step_grid_rows(times) if mbatch else step_grid(times)
 
     n_dev = mesh.shape[axis]
