@@ -25,6 +25,10 @@ Routes (``method=``):
     for long ones (unlike the textbook block exponential at Δ, whose e^{-AᵀΔ} block grows
     like e^{|λ|Δ} and, for a stiff drift, loses the slow modes to the fast ones). Steps
     with ‖A‖Δ ≳ 2·10⁶ θ are not covered and give NaN.
+    With one state (n = 1) the integrals have a closed form, used instead:
+    ``Ad = e^{aΔ}``, ``Qd = qΔ φ(2aΔ)``, ``Fd = Δ φ(aΔ) W`` with ``φ(x) = (eˣ − 1)/x``
+    evaluated through ``expm1`` (exact to rounding for every step; NaN only where
+    ``e^{2aΔ}`` overflows). It costs a few element-wise operations per step.
 ``"van_loan_expm"``
     The same composition, with E(ρ) from ``kalmanad.linalg.expm`` of the Van Loan block per
     step. An independent implementation (tests compare the two); slower.
@@ -58,9 +62,12 @@ t_0 ≤ t_1 ≤ … ≤ t_{T-1} and inputs u_k given at t_k (T, p):
 
 With concrete times (the usual case: times are data, not parameters) the distinct step
 sizes are found once with numpy (:func:`step_grid`), each is discretised once, and the
-results are gathered to the T steps. With traced times (``jit`` with times as an
-argument, ``vmap`` over times) every step is discretised separately — the same
-numbers, more work; pass ``grid=step_grid(times)`` from outside to keep the dedupe.
+results are gathered to the T steps (when fewer than half the steps are repeats, as for
+irregular times, each step is discretised in place instead: the gather, and the
+scatter-add that reverses it, would cost more than the repeats save). With traced
+times (``jit`` with times as an argument, ``vmap`` over times) every step is
+discretised separately — the same numbers, more work; pass ``grid=step_grid(times)``
+from outside to keep the dedupe.
 
 Panels: ``times`` may have leading batch dims (S, T) for subjects sharing one model; the
 outputs then carry them. Ragged panels are padded to a common T by repeating each
@@ -447,6 +454,34 @@ def _stationary(a, q, w, dt):
     return ad, qd, fd
 
 
+def _exprel(x):
+    """φ(x) = (eˣ − 1)/x (φ(0) = 1), accurate for every x and with finite derivatives."""
+    small = jnp.abs(x) < 1e-3
+    x_safe = jnp.where(small, 1.0, x)  # double where: no 0/0 in either branch's derivative
+    series = 1.0 + x * (1.0 / 2 + x * (1.0 / 6 + x * (1.0 / 24 + x / 120)))  # error < x⁵/720
+    return jnp.where(small, series, jnp.expm1(x_safe) / x_safe)
+
+
+def _scalar(a, q, w, dt):
+    """Closed form for one state (n = 1), for any sign of the drift a::
+
+        Ad = e^{aΔ},   Qd = q Δ φ(2aΔ),   Fd = Δ φ(aΔ) W,   φ(x) = (eˣ − 1)/x
+
+    (``expm1``-based, so no cancellation for short steps, and no a⁻¹: a = 0 gives
+    Qd = qΔ, Fd = ΔW). Where 2aΔ would overflow (an unstable drift over a long step) the
+    result is NaN, as the general route's uncovered steps, with finite derivatives.
+    """
+    lim = float(np.log(jnp.finfo(a.dtype).max)) - 2.0
+    x = a[0, 0] * dt
+    ok = 2.0 * x < lim
+    x = jnp.where(ok, x, 0.0)
+    ad = jnp.exp(x)[:, None, None]
+    qd = (q[0, 0] * dt * _exprel(2.0 * x))[:, None, None]
+    fd = (dt * _exprel(x))[:, None, None] * w[None]
+    bad = ~ok[:, None, None]
+    return tuple(jnp.where(bad, jnp.nan, v) for v in (ad, qd, fd))
+
+
 @functools.partial(jax.jit, static_argnames="method")
 def _route(a, q, w, dt, method: str):
     """(Ad, Qd, Fd) for steps dt of any shape (...).
@@ -456,7 +491,9 @@ def _route(a, q, w, dt, method: str):
     """
     shape = dt.shape
     dt = dt.reshape(-1)
-    if method == "van_loan":
+    if method == "van_loan" and a.shape[-1] == 1:
+        ad, qd, fd = _scalar(a, q, w, dt)
+    elif method == "van_loan":
         ad, qd, fd = _van_loan(a, q, w, dt, "series")
     elif method == "van_loan_expm":
         ad, qd, fd = _van_loan(a, q, w, dt, "expm")
@@ -660,7 +697,7 @@ def check_times(times) -> np.ndarray | None:
     NaN/inf entry or a decrease along the last axis (ties are allowed: a zero step).
     Returns None for traced times (nothing can be checked).
     """
-    shape = jnp.shape(times)
+    shape = np.shape(times)
     if len(shape) < 1 or shape[-1] == 0:
         raise ValueError(f"times must have shape (..., T) with T >= 1, got shape {shape}")
     tc = _concrete(times)
@@ -830,7 +867,7 @@ def discretize_model(
     n, m, p = model.n_states, model.n_obs, model.n_inputs
     dtype = model.dtype
     t_c = check_times(times)
-    t_shape = tuple(jnp.shape(times))
+    t_shape = tuple(np.shape(times))  # (np: times may be a list)
     T = t_shape[-1]
 
     if inputs is None:
@@ -861,12 +898,22 @@ def discretize_model(
     a, q, w = model.drift, model.diffusion, _forcing(model)
     if grid is None and t_c is not None:
         grid = step_grid(t_c)
+        if 2 * grid.dt.size > grid.index.size:
+            # Few repeated steps (irregular times): gathering the distinct steps back to
+            # every position would cost more than it saves (a gather forward, a
+            # scatter-add in reverse mode), so each step is discretised in place, at its
+            # merged size (the same numbers as through the grid).
+            grid, dt_steps = None, grid.dt[grid.index]
+        else:
+            dt_steps = None
     if grid is not None:
         index = jnp.asarray(grid.index)
         if index.shape != t_shape:
             raise ValueError(f"grid.index has shape {index.shape} but times is {t_shape}")
         ad_u, qd_u, fd_u = _route(a, q, w, jnp.asarray(grid.dt, dtype), method)
         ad, qd, fd = ad_u[index], qd_u[index], fd_u[index]
+    elif t_c is not None:
+        ad, qd, fd = _route(a, q, w, jnp.asarray(dt_steps, dtype), method)
     else:
         t = as_float_array(times, "times").astype(dtype)
         dt = jnp.concatenate([jnp.zeros_like(t[..., :1]), jnp.diff(t, axis=-1)], axis=-1)

@@ -125,11 +125,11 @@ class LinearSDEDistribution(Distribution):
         obj = cls.__new__(cls)
         obj.model, obj.times, obj.inputs, obj.method = model, times, inputs, method
         obj.checkpoint, obj.mesh = checkpoint, mesh
-        shapes = [model_batch_shape(model), jnp.shape(times)[:-1]]
+        shapes = [model_batch_shape(model), np.shape(times)[:-1]]
         Distribution.__init__(
             obj,
             batch_shape=jax.lax.broadcast_shapes(*shapes),
-            event_shape=(jnp.shape(times)[-1], model.n_obs),
+            event_shape=(np.shape(times)[-1], model.n_obs),
         )
         return obj
 

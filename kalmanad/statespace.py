@@ -98,7 +98,7 @@ def discretize_observed(
     """
     _check_model(model)
     mbatch = model_batch_shape(model)
-    t_shape = tuple(jnp.shape(times))
+    t_shape = tuple(np.shape(times))
     if len(t_shape) < 1:
         raise ValueError(f"times must have shape (..., T), got shape {t_shape}")
     shapes = [mbatch, t_shape[:-1]]
@@ -246,7 +246,7 @@ def kalman_filter(
         # discarded branch; the result there is replaced by -inf below.
         model = _guarded(model, ok)
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
-    y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
+    y = _check_y(y, np.shape(times)[-1], model.n_obs)
     ssm, y, batch = _align(ssm, y, batch)
     diffuse = model.initial_state == "diffuse"
     kw = {"diffuse_mask": jnp.ones(model.n_states, bool)} if diffuse else {}
@@ -296,7 +296,7 @@ def rts_smoother(
     (..., T, n, n) and lag-one cross covariances (..., T-1, n, n).
     """
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
-    y = _check_y(y, jnp.shape(times)[-1], model.n_obs)
+    y = _check_y(y, np.shape(times)[-1], model.n_obs)
     ssm, y, _ = _align(ssm, y, batch)
     res = filter_ssm(ssm, y, method)
     return rts_smoother_ssm(ssm, res)

@@ -225,10 +225,47 @@ def test_dt_shapes_and_dedupe():
 
 @pytest.mark.slow
 def test_steps_beyond_coverage_are_nan_not_wrong():
-    ad, qd = discretize([[-1e4]], [[1.0]], np.array([1.0, 1e4]))
+    a = np.diag([-1e4, -1.0])  # two states: the general route (one state has a closed form)
+    ad, qd = discretize(a, np.eye(2), np.array([1.0, 1e4]))
     assert np.isfinite(ad[0]).all() and np.isfinite(qd[0]).all()
     np.testing.assert_allclose(qd[0, 0, 0], 0.5e-4, rtol=1e-14)
     assert np.isnan(ad[1]).all() and np.isnan(qd[1]).all()
+
+
+def test_one_state_closed_form_against_the_general_route_and_scipy():
+    # n = 1 uses Ad = e^{aΔ}, Qd = qΔφ(2aΔ), Fd = Δφ(aΔ)W; the general route and scipy's
+    # augmented block exponential are the references, over 12 decades of aΔ.
+    dts = np.array([0.0, 1e-9, 1e-4, 9.9e-4, 1.01e-3, 0.05, 1.0, 7.0])
+    w = np.array([[1.3, -0.4]])
+    for a in (-2.0, -1e-7, 0.0, 0.6):
+        q = np.array([[0.7]])
+        ad, qd, fd = discretize_augmented([[a]], q, dts, w)
+        ad2, qd2, fd2 = discretize_augmented([[a]], q, dts, w, method="van_loan_expm")
+        np.testing.assert_allclose(ad, ad2, rtol=1e-14)
+        np.testing.assert_allclose(qd, qd2, rtol=1e-13, atol=1e-300)
+        np.testing.assert_allclose(fd, fd2, rtol=1e-13, atol=1e-300)
+        for k, d in enumerate(dts[1:], start=1):
+            ra, rq, rf = van_loan_scipy(np.array([[a]]), q, d, w)
+            np.testing.assert_allclose(ad[k], ra, rtol=1e-14)
+            np.testing.assert_allclose(qd[k], rq, rtol=1e-12)
+            np.testing.assert_allclose(fd[k], rf, rtol=1e-12)
+
+
+def test_one_state_closed_form_overflow_is_nan_with_finite_gradient():
+    dts = jnp.array([0.5, 1e3])  # e^{2·0.9·1000} overflows
+
+    def total(a):
+        ad, qd = discretize(jnp.reshape(a, (1, 1)), jnp.eye(1), dts)
+        return ad, qd
+
+    ad, qd = total(0.9)
+    assert np.isfinite(ad[0]).all() and np.isnan(ad[1]).all() and np.isnan(qd[1]).all()
+    g = jax.grad(lambda a: jnp.sum(jnp.where(jnp.isfinite(total(a)[1]), total(a)[1], 0.0)))(0.9)
+    assert np.isfinite(g)
+    # and the derivative is right where finite: d/da of qΔφ(2aΔ) at Δ = 0.5
+    f = lambda a: total(a)[1][0, 0, 0]  # noqa: E731
+    check_grads(f, (0.9,), order=2, modes=("fwd", "rev"))
+    check_grads(f, (1e-5,), order=2, modes=("fwd", "rev"))  # the series branch
 
 
 def test_float32():
