@@ -896,6 +896,7 @@ def discretize_model(
         _require_stable(model.drift, "method='stationary'", "use method='van_loan'")
 
     a, q, w = model.drift, model.diffusion, _forcing(model)
+    dt_steps = None  # merged step sizes (numpy, t_shape), when discretised in place
     if grid is None and t_c is not None:
         grid = step_grid(t_c)
         if 2 * grid.dt.size > grid.index.size:
@@ -904,15 +905,13 @@ def discretize_model(
             # scatter-add in reverse mode), so each step is discretised in place, at its
             # merged size (the same numbers as through the grid).
             grid, dt_steps = None, grid.dt[grid.index]
-        else:
-            dt_steps = None
     if grid is not None:
         index = jnp.asarray(grid.index)
         if index.shape != t_shape:
             raise ValueError(f"grid.index has shape {index.shape} but times is {t_shape}")
         ad_u, qd_u, fd_u = _route(a, q, w, jnp.asarray(grid.dt, dtype), method)
         ad, qd, fd = ad_u[index], qd_u[index], fd_u[index]
-    elif t_c is not None:
+    elif dt_steps is not None:
         ad, qd, fd = _route(a, q, w, jnp.asarray(dt_steps, dtype), method)
     else:
         t = as_float_array(times, "times").astype(dtype)

@@ -194,13 +194,13 @@ def _scan_tangent_rule_jvp(unroll, primals, tangents):
     c = clean(mv(mT(A), g))
     # Forcings: everything linear in the model's tangents, for all steps at once.
     a1 = mv(dA, m_prev) + db
-    Z = mm(mm(dA, P_prev), mT(A))
-    a2 = Z + mT(Z) + dQ
-    Y = mm(dH, mT(U))
-    s = Y + mT(Y) + dR
+    dA_P_At = mm(mm(dA, P_prev), mT(A))
+    a2 = dA_P_At + mT(dA_P_At) + dQ
+    dH_Ut = mm(dH, mT(U))
+    s = dH_Ut + mT(dH_Ut) + dR
     r = dy0 - mv(dH, m_p) - dd
-    Z = mm(P_p, mm(mT(dH), Kt))
-    E = mm(mm(J, a2), mT(J)) - Z - mT(Z) + mm(mm(K, s), Kt)
+    P_dHt_Kt = mm(P_p, mm(mT(dH), Kt))
+    E = mm(mm(J, a2), mT(J)) - P_dHt_Kt - mT(P_dHt_Kt) + mm(mm(K, s), Kt)
     e = mv(J, a1 + mv(a2, g)) + mv(P_p, mv(mT(dH), alpha)) + mv(K, r - mv(s, alpha))
     # (the forcings are linear in the tangents: masked by step only, a where on their
     # values would not be linear)
