@@ -267,12 +267,11 @@ def _series_evaluator(a, q, w):
     def evaluate(h):
         k = h.shape[0]
         z = h * sigma
-        # coef[j] = z^j/j! by running products (no powers, no factorials, no overflow);
-        # a Python loop over the static degree fuses into one elementwise kernel.
-        coef = [jnp.ones_like(z)]
-        for i in range(1, deg + 2):
-            coef.append(coef[-1] * (z / i))
-        coef = jnp.stack(coef)  # (deg + 2, K)
+        # coef[j] = z^j/j! by running products (no powers, no factorials, no overflow),
+        # as one cumulative product: a single kernel, where an unrolled loop of
+        # products compiled to one kernel per degree.
+        steps = z[None, :] / jnp.arange(1, deg + 2, dtype=dtype)[:, None]
+        coef = jnp.cumprod(jnp.concatenate([jnp.ones_like(z)[None], steps]), axis=0)
         ad = (pw_t @ coef[:-1]).reshape(n, n, k).transpose(2, 0, 1)
         qf = (qe_t @ coef[1:]) / sigma  # (n² + nr, K)
         qd = _sym(qf[: n * n].reshape(n, n, k).transpose(2, 0, 1))
@@ -362,12 +361,18 @@ def _tables(unit: _Triple):
     def double(carry, _):
         x, ok = carry
         y, ok_y = _safe_compose(x, x)
-        return (y, ok & ok_y), None
+        return (y, ok & ok_y), (y, ok & ok_y)
 
-    def level(carry, _):
-        return lax.scan(double, carry, None, length=log2b)[0], carry
-
-    _, (units, units_ok) = lax.scan(level, (unit, jnp.asarray(True)), None, length=_TABLE_DIGITS)
+    # One flat scan of (D-1) log₂B doublings; every log₂B-th is a level unit. (A scan
+    # nested in a scan compiled, and transposed, to twice the code.)
+    _, (doubled, doubled_ok) = lax.scan(
+        double, (unit, jnp.asarray(True)), None, length=(_TABLE_DIGITS - 1) * log2b
+    )
+    pick = slice(log2b - 1, None, log2b)
+    units = _Triple(
+        *(jnp.concatenate([x[None], y[pick]]) for x, y in zip(unit, doubled, strict=True))
+    )
+    units_ok = jnp.concatenate([jnp.ones((1,), bool), doubled_ok[pick]])
     n, r = unit.fd.shape[-2:]
     dtype = unit.ad.dtype
     ident = _Triple(
@@ -415,20 +420,26 @@ def _van_loan(a, q, w, dt, base: str):
     def gather(i):
         return _Triple(*(x[digit(i), i] for x in tables))
 
-    unit = evaluate(jnp.reshape(h_base, (1,)).astype(dtype))
-    tables, table_ok = _tables(_Triple(*(x[0] for x in unit)))
+    # The base length and the remainders in one evaluation (one copy of its code).
+    both = evaluate(jnp.concatenate([jnp.reshape(h_base, (1,)).astype(dtype), rho]))
+    tables, table_ok = _tables(_Triple(*(x[0] for x in both)))
     # Digit 0 alone cannot overflow (‖E(Δ)‖ ≤ e^{‖A‖Δ} with ‖A‖Δ < Bθ ≤ 64).
-    out = _compose(evaluate(rho), gather(0))
+    out = _compose(_Triple(*(x[1:] for x in both)), gather(0))
     valid = covered
     for i in range(_TABLE_DIGITS):
         valid = valid & table_ok[digit(i), i]
 
     def high_digits(args):
-        out, valid = args
-        for i in range(1, _TABLE_DIGITS):
-            out, ok = _safe_compose(out, gather(i))
-            valid = valid & ok
-        return out, valid
+        def step(carry, level):
+            out, valid = carry
+            table, d = level
+            out, ok = _safe_compose(out, _Triple(*(x[d] for x in table)))
+            return (out, valid & ok), None
+
+        # A scan over the D-1 higher levels: one copy of the composition's code.
+        levels = _Triple(*(jnp.moveaxis(x[:, 1:], 1, 0) for x in tables))
+        digits = jnp.stack([digit(i) for i in range(1, _TABLE_DIGITS)])
+        return lax.scan(step, args, (levels, digits))[0]
 
     # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: skip them when none is.
     out, valid = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda args: args, (out, valid))
@@ -678,8 +689,9 @@ class StepGrid(NamedTuple):
     """The distinct step sizes of an observation grid and where each step finds its own.
 
     Attributes:
-        dt: (U,) the distinct step sizes (0 included: step 0 has Δ = 0).
-        index: (..., T) integer index into ``dt`` of every step (``times.shape``).
+        dt: (U,) the distinct step sizes (0 included: step 0 has Δ = 0); or, when
+            ``index`` is None, the (..., T) step size of every step, discretised in place.
+        index: (..., T) integer index into ``dt`` of every step (``times.shape``), or None.
     """
 
     dt: jax.Array | np.ndarray
@@ -748,6 +760,24 @@ def step_grid(times, *, rtol: float = 8.0) -> StepGrid:
         reps[0] = 0.0
     index = group[inv].reshape(dt.shape).astype(np.int32)
     return StepGrid(dt=reps, index=index)
+
+
+def default_grid(times) -> StepGrid | None:
+    """The grid :func:`discretize_model` uses for ``times`` when given none.
+
+    ``None`` for traced times. For concrete times, :func:`step_grid`; but when fewer
+    than half the steps repeat (irregular times), the merged step of every position in
+    place (``index`` None): gathering the distinct steps back to every position would
+    cost more than it saves (a gather forward, a scatter-add in reverse mode). Either
+    way every step is discretised at its merged size, so the numbers are the same.
+    """
+    t_c = check_times(times)
+    if t_c is None:
+        return None
+    grid = step_grid(t_c)
+    if 2 * grid.dt.size > grid.index.size:
+        return StepGrid(grid.dt[grid.index], None)
+    return grid
 
 
 def step_grid_rows(times, *, rtol: float = 8.0) -> StepGrid:
@@ -896,23 +926,20 @@ def discretize_model(
         _require_stable(model.drift, "method='stationary'", "use method='van_loan'")
 
     a, q, w = model.drift, model.diffusion, _forcing(model)
-    dt_steps = None  # merged step sizes (numpy, t_shape), when discretised in place
     if grid is None and t_c is not None:
-        grid = step_grid(t_c)
-        if 2 * grid.dt.size > grid.index.size:
-            # Few repeated steps (irregular times): gathering the distinct steps back to
-            # every position would cost more than it saves (a gather forward, a
-            # scatter-add in reverse mode), so each step is discretised in place, at its
-            # merged size (the same numbers as through the grid).
-            grid, dt_steps = None, grid.dt[grid.index]
-    if grid is not None:
+        grid = default_grid(t_c)
+    if grid is not None and grid.index is None:  # every step in place, at its given size
+        if np.shape(grid.dt) != t_shape:
+            raise ValueError(
+                f"grid.dt has shape {np.shape(grid.dt)} but times is {t_shape} (grid.index is None)"
+            )
+        ad, qd, fd = _route(a, q, w, jnp.asarray(grid.dt, dtype), method)
+    elif grid is not None:
         index = jnp.asarray(grid.index)
         if index.shape != t_shape:
             raise ValueError(f"grid.index has shape {index.shape} but times is {t_shape}")
         ad_u, qd_u, fd_u = _route(a, q, w, jnp.asarray(grid.dt, dtype), method)
         ad, qd, fd = ad_u[index], qd_u[index], fd_u[index]
-    elif dt_steps is not None:
-        ad, qd, fd = _route(a, q, w, jnp.asarray(dt_steps, dtype), method)
     else:
         t = as_float_array(times, "times").astype(dtype)
         dt = jnp.concatenate([jnp.zeros_like(t[..., :1]), jnp.diff(t, axis=-1)], axis=-1)

@@ -28,6 +28,7 @@ import numpy as np
 from kalmanad.discretize import (
     StepGrid,
     check_times,
+    default_grid,
     discretize_model,
     discretize_step,
     step_grid_rows,
@@ -96,6 +97,50 @@ def discretize_observed(
         ``(ssm, batch)``: the discrete model with per-step arrays ``(*batch, T, ...)`` and the
         broadcast batch shape.
     """
+    batch = _observed_batch(model, times, inputs)
+    if not model_batch_shape(model):
+        return discretize_model(model, times, inputs, method=discretization, grid=grid), batch
+
+    T = np.shape(times)[-1]
+    size = math.prod(batch)
+    if grid is None:
+        grid = _observed_grid(model, times, batch)
+    flat_model = jax.tree.map(
+        lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
+    )
+    flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
+    args = [flat_model, flat_times]
+    in_place = grid is not None and grid.index is None  # dt: every step's own size
+    per_row_dt = grid is not None and not in_place and jnp.ndim(grid.dt) > 1
+    if in_place:
+        args.append(jnp.broadcast_to(grid.dt, (*batch, T)).reshape(size, T))
+    elif grid is not None:
+        args.append(jnp.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
+        if per_row_dt:
+            U = jnp.shape(grid.dt)[-1]
+            args.append(jnp.broadcast_to(grid.dt, (*batch, U)).reshape(size, U))
+
+    if inputs is not None:
+        p = jnp.shape(inputs)[-1]
+        args.append(jnp.broadcast_to(jnp.asarray(inputs), (*batch, T, p)).reshape(size, T, p))
+
+    def one(m, t, *rest):
+        rest = list(rest)
+        g = None
+        if in_place:
+            g = StepGrid(rest.pop(0), None)
+        elif grid is not None:
+            index = rest.pop(0)
+            g = StepGrid(rest.pop(0) if per_row_dt else grid.dt, index)
+        u = rest.pop(0) if rest else None
+        return discretize_model(m, t, u, method=discretization, grid=g)
+
+    ssm = jax.vmap(one)(*args)
+    return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), ssm), batch
+
+
+def _observed_batch(model: LinearSDE, times, inputs) -> tuple[int, ...]:
+    """The broadcast of the leading dims of the model, ``times`` and ``inputs``."""
     _check_model(model)
     mbatch = model_batch_shape(model)
     t_shape = tuple(np.shape(times))
@@ -105,48 +150,28 @@ def discretize_observed(
     if inputs is not None:
         shapes.append(tuple(jnp.shape(inputs)[:-2]))
     try:
-        batch = tuple(jnp.broadcast_shapes(*shapes))
+        return tuple(jnp.broadcast_shapes(*shapes))
     except ValueError:
         raise ValueError(
             f"the batch dims of the model {mbatch}, times {t_shape} and inputs "
             f"{None if inputs is None else jnp.shape(inputs)} do not broadcast"
         ) from None
-    if not mbatch:
-        return discretize_model(model, times, inputs, method=discretization, grid=grid), batch
 
-    T = t_shape[-1]
-    size = math.prod(batch)
-    if grid is None:
-        t_c = check_times(times)
-        if t_c is not None:
-            # One model per subject: each discretises only its own distinct steps.
-            grid = step_grid_rows(np.broadcast_to(t_c, (*batch, T)).reshape(size, T))
-    flat_model = jax.tree.map(
-        lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
-    )
-    flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
-    args = [flat_model, flat_times]
-    per_row_dt = grid is not None and jnp.ndim(grid.dt) > 1
-    if grid is not None:
-        args.append(jnp.broadcast_to(grid.index, (*batch, T)).reshape(size, T))
-        if per_row_dt:
-            U = jnp.shape(grid.dt)[-1]
-            args.append(jnp.broadcast_to(grid.dt, (*batch, U)).reshape(size, U))
-    if inputs is not None:
-        p = jnp.shape(inputs)[-1]
-        args.append(jnp.broadcast_to(jnp.asarray(inputs), (*batch, T, p)).reshape(size, T, p))
 
-    def one(m, t, *rest):
-        rest = list(rest)
-        g = None
-        if grid is not None:
-            index = rest.pop(0)
-            g = StepGrid(rest.pop(0) if per_row_dt else grid.dt, index)
-        u = rest.pop(0) if rest else None
-        return discretize_model(m, t, u, method=discretization, grid=g)
+def _observed_grid(model: LinearSDE, times, batch) -> StepGrid | None:
+    """The step grid :func:`discretize_observed` uses when given none (None: traced times).
 
-    ssm = jax.vmap(one)(*args)
-    return jax.tree.map(lambda x: x.reshape(batch + x.shape[1:]), ssm), batch
+    An unbatched model: :func:`~kalmanad.discretize.default_grid`. One model per subject:
+    each subject discretises only its own distinct steps (per-row ``dt``, (*batch, U)).
+    """
+    if not model_batch_shape(model):
+        return default_grid(times)
+    t_c = check_times(times)
+    if t_c is None:
+        return None
+    T = t_c.shape[-1]
+    rows = step_grid_rows(np.broadcast_to(t_c, (*batch, T)).reshape(-1, T))
+    return StepGrid(rows.dt.reshape(*batch, -1), rows.index.reshape(*batch, T))
 
 
 def _validity(model: LinearSDE, batch: tuple[int, ...]):
@@ -160,8 +185,9 @@ def _validity(model: LinearSDE, batch: tuple[int, ...]):
     return jnp.broadcast_to(ok, batch)
 
 
-def _is_concrete(model: LinearSDE) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model))
+def _is_concrete(tree) -> bool:
+    """No leaf of ``tree`` (a model, or a tuple of arguments) is a tracer."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 # Stand-in values of a valid model for the fields where zeros would not do.
@@ -239,6 +265,22 @@ def kalman_filter(
         ``log_likelihood`` is ``-inf`` for invalid parameter values.
     """
     check_checkpoint(checkpoint, method)  # before any work: a bad option is named at once
+    if grid is None:  # from concrete times, outside the compiled function
+        grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
+    times = times if isinstance(times, jax.Array) else np.asarray(times)
+    y = y if isinstance(y, jax.Array) else np.asarray(y)
+    if inputs is not None and not isinstance(inputs, jax.Array):
+        inputs = np.asarray(inputs)
+    kw = {"method": method, "discretization": discretization, "checkpoint": checkpoint}
+    res = _kalman_filter_jit(model, times, y, inputs, grid, **kw)
+    if not _is_concrete((model, times, y, inputs)) or np.all(np.isfinite(res.log_likelihood)):
+        return res
+    # Concrete and not finite: the uncompiled path checks every value and names the
+    # problem (or returns the same -inf for invalid parameters).
+    return _kalman_filter(model, times, y, inputs, grid, **kw)
+
+
+def _kalman_filter(model, times, y, inputs, grid, *, method, discretization, checkpoint):
     ok = _validity(model, model_batch_shape(model))
     if not _is_concrete(model):
         # Double-where: run the filter on a harmless stand-in model where the
@@ -257,6 +299,15 @@ def kalman_filter(
         log_likelihood=jnp.where(ok, res.log_likelihood, -jnp.inf),
         pointwise_log_likelihood=jnp.where(ok_pw, res.pointwise_log_likelihood, -jnp.inf),
     )
+
+
+# One compiled function for the whole computation. Called eagerly (a notebook, or
+# NumPyro's initial trace under ``jax.grad``) it compiles once per shape instead of
+# dispatching thousands of small operations, each compiled on its first use (SHO,
+# T = 300: 12.5 s → one compilation); under an outer ``jit`` it is simply inlined.
+_kalman_filter_jit = jax.jit(
+    _kalman_filter, static_argnames=("method", "discretization", "checkpoint")
+)
 
 
 def _align(ssm, y, batch):

@@ -22,6 +22,7 @@ from kalmanad.discretize import (
     METHODS,
     StepGrid,
     check_times,
+    default_grid,
     discretize,
     discretize_augmented,
     discretize_model,
@@ -380,6 +381,31 @@ def test_step_grid_merges_rounding_noise_and_keeps_ties():
     grid = step_grid(np.array([[0.0, 1.0, 3.0], [5.0, 7.0, 7.0]]))
     np.testing.assert_array_equal(grid.dt, [0.0, 1.0, 2.0])
     np.testing.assert_array_equal(grid.index, [[0, 1, 2], [0, 2, 0]])
+
+
+def test_default_grid_discretises_irregular_steps_in_place():
+    """Irregular times (fewer than half the steps repeat): every step in place, at its
+    merged size (index None); repeated steps: the distinct ones once, gathered back.
+    Both give the numbers of the explicit grid, and a grid in place is checked."""
+    t = np.cumsum(np.random.default_rng(3).exponential(0.5, 40))
+    grid = default_grid(t)
+    assert grid.index is None and grid.dt.shape == t.shape and grid.dt[0] == 0.0
+    full = step_grid(t)
+    np.testing.assert_array_equal(grid.dt, full.dt[full.index])
+    regular = default_grid(np.arange(40.0) * 0.1)
+    assert regular.index is not None and regular.dt.size == 2
+    assert default_grid(jnp.arange(3.0)) is not None  # concrete jax arrays too
+    assert jax.jit(lambda t: default_grid(t) is None and t)(jnp.ones(3)) is not None
+
+    a, q = random_problem(4, 2)
+    model = LinearSDE(a, q, np.eye(2), 0.1 * np.eye(2))
+    ref = discretize_model(model, t, grid=full)
+    for g in (None, grid):
+        out = discretize_model(model, t, grid=g)
+        for x, r in zip(out, ref, strict=True):
+            np.testing.assert_allclose(x, r, rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match=r"grid.dt has shape \(39,\) but times is \(40,\)"):
+        discretize_model(model, t, grid=StepGrid(grid.dt[1:], None))
 
 
 def test_time_validation_messages():

@@ -320,6 +320,41 @@ def test_invalid_parameters_give_minus_inf_and_finite_gradients():
     assert jnp.isfinite(v) and jnp.isfinite(g)
 
 
+def test_eager_calls_run_one_compiled_function_with_the_same_results():
+    """An eager ``kalman_filter`` runs its whole computation as one compiled function
+    (the step grid found outside it); its results are those of the inner function with
+    the same grid, and bad concrete input still gets the uncompiled path's error."""
+    from kalmanad import statespace
+
+    rng = np.random.default_rng(5)
+    model = LinearSDE([[-0.7]], [[0.4]], [[1.0], [0.5]], np.diag([0.2, 0.1]), [0.3], [0.1, -0.2])
+    t = np.cumsum(rng.exponential(0.6, 25))
+    y = rng.standard_normal((25, 2))
+    y[rng.random((25, 2)) < 0.1] = np.nan
+    res = kalmanad.kalman_filter(model, t, y)
+    grid = statespace._observed_grid(model, t, ())
+    opts = {"method": "sequential", "discretization": "van_loan", "checkpoint": None}
+    # (the reference jitted by the test, only to keep it fast)
+    uncompiled = jax.jit(lambda m: statespace._kalman_filter(m, t, y, None, grid, **opts))
+    ref = uncompiled(model)
+    for x, r in zip(res, ref, strict=True):
+        if r is not None:
+            np.testing.assert_allclose(x, r, rtol=1e-12, atol=1e-14)
+    # The same numbers with the times and y as lists, and under grad.
+    np.testing.assert_allclose(
+        kalmanad.log_likelihood(model, list(t), y.tolist()), ref.log_likelihood, rtol=1e-12
+    )
+    g = jax.grad(lambda m: kalmanad.log_likelihood(m, t, y))(model)
+    g_ref = jax.jit(jax.grad(lambda m: uncompiled(m).log_likelihood))(model)
+    for x, r in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(x, r, rtol=1e-10, atol=1e-12)
+    # A non-finite result from concrete input is re-run uncompiled, which names the problem.
+    y_bad = np.array(y)
+    y_bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match=r"y has an infinite entry at index \(3, 1\)"):
+        kalmanad.kalman_filter(model, t, y_bad)
+
+
 def test_unstable_drift_with_stationary_start_is_a_clear_error():
     with pytest.raises(ValueError, match="stable"):
         LinearSDE([[0.3]], [[1.0]], [[1.0]], [[0.1]])

@@ -125,13 +125,13 @@ def check_values(ssm: DiscreteSSM, y=None) -> None:
     for name in DiscreteSSM._fields:
         x = np.asarray(getattr(ssm, name))
         if not np.all(np.isfinite(x)):
-            idx = np.argwhere(~np.isfinite(x))[0]
-            raise ValueError(f"DiscreteSSM.{name} has a non-finite entry at index {tuple(idx)}")
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+            raise ValueError(f"DiscreteSSM.{name} has a non-finite entry at index {idx}")
     if y is not None:
         yy = np.asarray(y)
         if np.any(np.isinf(yy)):
-            idx = np.argwhere(np.isinf(yy))[0]
-            raise ValueError(f"y has an infinite entry at index {tuple(idx)} (use NaN for missing)")
+            idx = tuple(int(i) for i in np.argwhere(np.isinf(yy))[0])
+            raise ValueError(f"y has an infinite entry at index {idx} (use NaN for missing)")
     covs = {
         name: np.asarray(getattr(ssm, name))
         for name in ("transition_cov", "observation_cov", "initial_cov")
