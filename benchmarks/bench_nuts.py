@@ -62,6 +62,19 @@ def _parse():
     p.add_argument("--seeds", type=int, default=None, help="independent runs per contender")
     p.add_argument("--points", type=int, default=300, help="observations per data set")
     p.add_argument("--models", nargs="+", default=["ou", "sho"], choices=["ou", "sho"])
+    p.add_argument(
+        "--contenders",
+        nargs="+",
+        default=None,
+        help="subset of contenders (default all: kalmanad kalmanad-par tinygp dynestyx-eq)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=600.0,
+        help="seconds of warm-up + sampling per contender run; a run past it is stopped "
+        "and reported as such (the dynestyx-equivalent SHO sampler needs far longer on CPU)",
+    )
     p.add_argument("--workers", type=int, default=2, help="threads compiling in parallel")
     p.add_argument("--compile-cache", default=None, help="persistent JAX compilation cache dir")
     p.add_argument("--platform", default=None, help="JAX platform (default: JAX's choice)")
@@ -107,7 +120,7 @@ import kalmanad  # noqa: E402
 from kalmanad.distributions import LinearSDEDistribution  # noqa: E402
 
 TARGET = 1.5
-CHUNK = 100  # NUTS transitions per compiled call
+CHUNK = 20  # NUTS transitions per compiled call (the --budget is checked between calls)
 DATA_SEED = {"ou": 11, "sho": 12}
 # Simulation settings: truth and mean gap between observation times.
 TRUTH = {
@@ -259,22 +272,38 @@ class Sampler:
             (name, "chunk"): (self.chunk_fn, (state,)),
         }
 
-    def run(self, init_exe, chunk_exe, seed, num_samples):
+    def run(self, init_exe, chunk_exe, seed, num_samples, budget=float("inf")):
         z0 = self.initial_point(seed)
         key = jax.random.key(1000 + seed)
         t0 = time.perf_counter()
         state = jax.block_until_ready(init_exe(z0, key))
         t1 = time.perf_counter()
-        for _ in range(self.num_warmup // CHUNK):
+        total = (self.num_warmup + num_samples) // CHUNK
+
+        def over_budget(done):
+            if time.perf_counter() - t1 <= budget or done == total:
+                return None
+            return {
+                "seed": seed,
+                "stopped": f"over the {budget:.0f} s budget after {done * CHUNK} of "
+                f"{total * CHUNK} transitions ({time.perf_counter() - t1:.0f} s)",
+            }
+
+        for i in range(self.num_warmup // CHUNK):
             state, _ = chunk_exe(state)
-        jax.block_until_ready(state)
+            jax.block_until_ready(state)
+            if (stopped := over_budget(i + 1)) is not None:
+                return stopped
         t2 = time.perf_counter()
         zs, steps, divs = [], [], []
-        for _ in range(num_samples // CHUNK):
+        for i in range(num_samples // CHUNK):
             state, (z, s, d) = chunk_exe(state)
             zs.append(z)
             steps.append(s)
             divs.append(d)
+            jax.block_until_ready(state)
+            if (stopped := over_budget(self.num_warmup // CHUNK + i + 1)) is not None:
+                return stopped
         jax.block_until_ready((state, zs))
         t3 = time.perf_counter()
         z = jax.tree.map(lambda *x: jnp.concatenate(x), *zs)
@@ -356,7 +385,9 @@ def main():
         times, y = make_data(name, ARGS.points)
         t0 = time.perf_counter()
         samplers = {
-            k: Sampler(m, times, jnp.asarray(y), num_warmup) for k, m in MODELS[name].items()
+            k: Sampler(m, times, jnp.asarray(y), num_warmup)
+            for k, m in MODELS[name].items()
+            if ARGS.contenders is None or k in ARGS.contenders or k == "tinygp"
         }
         setup_s = time.perf_counter() - t0
         jobs = {}
@@ -379,9 +410,14 @@ def main():
         for i, seed in enumerate(seeds):
             order = list(samplers) if i % 2 == 0 else list(samplers)[::-1]
             for k in order:
-                r = samplers[k].run(exe[(k, "init")], exe[(k, "chunk")], seed, num_samples)
+                r = samplers[k].run(
+                    exe[(k, "init")], exe[(k, "chunk")], seed, num_samples, ARGS.budget
+                )
                 r.update(model=name, contender=k)
                 runs.append(r)
+                if "stopped" in r:
+                    print(f"    {name} {k:<12} seed {seed}: stopped, {r['stopped']}", flush=True)
+                    continue
                 per[k].append(r)
                 print(
                     f"    {name} {k:<12} seed {seed}: min ESS {r['min_ess']:.0f} "
@@ -390,6 +426,31 @@ def main():
                     flush=True,
                 )
         for k, rs in per.items():
+            if not rs:  # every run stopped: reported as such, no numbers
+                nan = float("nan")
+                summary.append(
+                    {
+                        "model": name,
+                        "contender": k,
+                        "compile_s": compile_s[(k, "init")] + compile_s[(k, "chunk")],
+                        "stopped": [r["stopped"] for r in runs if r.get("contender") == k],
+                        **dict.fromkeys(
+                            (
+                                "warmup_s",
+                                "sampling_s",
+                                "min_ess",
+                                "ess_per_s",
+                                "ess_per_s_incl_warmup",
+                                "leapfrog_per_draw",
+                                "grad_evals_per_s",
+                            ),
+                            nan,
+                        ),
+                        "divergences": 0,
+                        "seeds": 0,
+                    }
+                )
+                continue
             summary.append(
                 {
                     "model": name,
@@ -418,7 +479,14 @@ def main():
                 s["grad_evals_per_s_ratio_vs_tinygp"] = (
                     s["grad_evals_per_s"] / ref["grad_evals_per_s"]
                 )
-        peer = next((s for s in summary if s["model"] == name and s["contender"] == DYNESTYX), None)
+        peer = next(
+            (
+                s
+                for s in summary
+                if s["model"] == name and s["contender"] == DYNESTYX and "stopped" not in s
+            ),
+            None,
+        )
         for s in summary:
             if s["model"] == name:
                 s["ess_per_s_ratio_vs_dynestyx"] = (
@@ -478,6 +546,9 @@ def main():
     tg_lines = [
         f"{t['target']}: {t['measured']:.2f} — {'met' if t['met'] else 'NOT met'}" for t in targets
     ]
+    stopped_lines = [
+        f"{s['model']} {s['contender']}: {s['stopped'][0]}" for s in summary if "stopped" in s
+    ]
     print(
         f"\nmedians over {len(seeds)} seed(s); ÷ tinygp / ÷ dynestyx: contender ÷ peer "
         f"(> 1: contender better); {DYNESTYX} = {DYNESTYX_LABEL}"
@@ -486,6 +557,10 @@ def main():
     print("\ntargets (measured in this run):")
     for line in tg_lines:
         print("  " + line)
+    if stopped_lines:
+        print("\nstopped (no numbers):")
+        for line in stopped_lines:
+            print("  " + line)
     print(f"\ntotal {elapsed:.0f} s")
 
     md = [
@@ -505,6 +580,8 @@ def main():
         "## targets",
         "",
     ] + [f"- {line}" for line in tg_lines]
+    if stopped_lines:
+        md += ["", "## stopped (no numbers)", ""] + [f"- {line}" for line in stopped_lines]
     payload = {
         "benchmark": "NUTS effective samples per second, kalmanad vs tinygp",
         "machine": info,
@@ -519,6 +596,8 @@ def main():
             "mean_gap": {k: v[1] for k, v in TRUTH.items()},
             "compile_workers": ARGS.workers,
             "compile_cache": ARGS.compile_cache,
+            "budget_s": ARGS.budget,
+            "contenders": ARGS.contenders,
         },
         "density_checks": checks,
         "summary": summary,

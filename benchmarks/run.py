@@ -239,7 +239,7 @@ def ratios_nuts(d):
     out = []
     summ = d.get("summary", [])
     for model in dict.fromkeys(s["model"] for s in summ):
-        at = [s for s in summ if s["model"] == model]
+        at = [s for s in summ if s["model"] == model and "stopped" not in s]  # stopped: no ESS
         ours = [s for s in at if s["contender"].startswith("kalmanad")]
         peers = [s for s in at if not s["contender"].startswith("kalmanad")]
         for o in ours:

@@ -6,6 +6,9 @@
   suite compiles hundreds of small programs once each, and the older emitters compile
   them about twice as fast (at a few per cent of run time, which tests do not measure).
   Set by environment before the backend starts; a user's own XLA_FLAGS are kept.
+* The ``kalmanad`` command's on-disk compilation cache is off for the commands the
+  tests run (they stay independent of earlier runs), except where a test names a
+  cache directory itself.
 """
 
 import os
@@ -13,6 +16,8 @@ import os
 _FLAG = "--xla_cpu_use_fusion_emitters=false"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+os.environ.setdefault("KALMANAD_CACHE_DIR", "off")
 
 import jax  # noqa: E402
 

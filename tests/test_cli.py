@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,13 +10,14 @@ import numpy as np
 import pytest
 
 
-def run_cli(*args, cwd=None, timeout=900):
+def run_cli(*args, cwd=None, timeout=900, env=None):
     return subprocess.run(
         [sys.executable, "-m", "kalmanad.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -96,6 +98,7 @@ def test_bad_simulate_parameter_is_a_one_line_error():
 def test_fit_round_trip_writes_netcdf_and_plot(tmp_path):
     sim = tmp_path / "sim.csv"
     assert run_cli("simulate", "ou", "--n", "60", "--seed", "1", "--out", str(sim)).returncode == 0
+    cache = tmp_path / "cache"
     res = run_cli(
         "fit",
         "ou",
@@ -109,8 +112,11 @@ def test_fit_round_trip_writes_netcdf_and_plot(tmp_path):
         "--no-progress",
         "--out",
         str(tmp_path / "out"),
+        env={"KALMANAD_CACHE_DIR": str(cache)},
     )
     assert res.returncode == 0, res.stderr
+    # The compiled programs were kept for the next run.
+    assert any(p.is_file() for p in cache.rglob("*")), list(cache.rglob("*"))
     assert "divergent transitions" in res.stdout
     assert (tmp_path / "out" / "ou_fit.nc").is_file()
     assert (tmp_path / "out" / "ou_fit.png").is_file()

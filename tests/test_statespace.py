@@ -355,6 +355,28 @@ def test_eager_calls_run_one_compiled_function_with_the_same_results():
         kalmanad.kalman_filter(model, t, y_bad)
 
 
+def test_models_batched_over_two_dims_match_one_by_one():
+    """One model per subject on a (2, 3) grid of subjects, each with its own times:
+    every subject discretises its own steps, and the results equal separate calls."""
+    rng = np.random.default_rng(8)
+    rates = rng.uniform(0.3, 2.0, (2, 3))
+    times = np.cumsum(rng.exponential(0.5, (2, 3, 12)), axis=-1)
+    y = rng.standard_normal((2, 3, 12, 1))
+
+    def make(rate):
+        return LinearSDE(
+            -rate[None, None], 0.5 * jnp.ones((1, 1)), jnp.ones((1, 1)), 0.1 * jnp.eye(1)
+        )
+
+    batched = jax.vmap(jax.vmap(make))(jnp.asarray(rates))
+    lls = kalmanad.log_likelihood(batched, times, y)
+    assert lls.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            ref = kalmanad.log_likelihood(make(jnp.asarray(rates[i, j])), times[i, j], y[i, j])
+            np.testing.assert_allclose(lls[i, j], ref, rtol=1e-12)
+
+
 def test_unstable_drift_with_stationary_start_is_a_clear_error():
     with pytest.raises(ValueError, match="stable"):
         LinearSDE([[0.3]], [[1.0]], [[1.0]], [[0.1]])
