@@ -27,6 +27,7 @@ import numpy as np
 
 from kalmanad.discretize import (
     StepGrid,
+    _check_finite,
     check_times,
     default_grid,
     discretize_model,
@@ -238,6 +239,11 @@ def kalman_filter(
 ) -> FilterResult:
     """Exact Kalman filter of a continuous-time linear SDE observed at ``times``.
 
+    An eager call runs as one compiled function (compiled once per shapes and options;
+    the distinct step sizes are found first, from the concrete times); under an outer
+    ``jax.jit`` it is inlined. Concrete input whose result is not finite is re-run
+    uncompiled, so that a bad value is reported by name.
+
     Args:
         model: the :class:`~kalmanad.LinearSDE` (array fields may be batched).
         times: (..., T) non-decreasing observation times (ties allowed).
@@ -267,10 +273,7 @@ def kalman_filter(
     check_checkpoint(checkpoint, method)  # before any work: a bad option is named at once
     if grid is None:  # from concrete times, outside the compiled function
         grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
-    times = times if isinstance(times, jax.Array) else np.asarray(times)
-    y = y if isinstance(y, jax.Array) else np.asarray(y)
-    if inputs is not None and not isinstance(inputs, jax.Array):
-        inputs = np.asarray(inputs)
+    times, y, inputs = _arrays(times, y, inputs)
     kw = {"method": method, "discretization": discretization, "checkpoint": checkpoint}
     res = _kalman_filter_jit(model, times, y, inputs, grid, **kw)
     if not _is_concrete((model, times, y, inputs)) or np.all(np.isfinite(res.log_likelihood)):
@@ -345,12 +348,45 @@ def rts_smoother(
     Arguments as :func:`kalman_filter`. Returns
     :class:`~kalmanad.filter.SmootherResult` with means (..., T, n), covariances
     (..., T, n, n) and lag-one cross covariances (..., T-1, n, n).
+    Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
-    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
+    grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
+    args = (model, *_arrays(times, y, inputs), grid)
+    kw = {"method": method, "discretization": discretization}
+    res = _rts_smoother_jit(*args, **kw)
+    if not _is_concrete(args) or _all_finite(res):
+        return res
+    return _rts_smoother(*args, **kw)  # names the problem in concrete input
+
+
+def _rts_smoother(model, times, y, inputs, grid, *, method, discretization):
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     y = _check_y(y, np.shape(times)[-1], model.n_obs)
     ssm, y, _ = _align(ssm, y, batch)
     res = filter_ssm(ssm, y, method)
     return rts_smoother_ssm(ssm, res)
+
+
+_rts_smoother_jit = jax.jit(_rts_smoother, static_argnames=("method", "discretization"))
+
+
+def _arrays(times, y, inputs):
+    """``times``, ``y`` and ``inputs`` as arrays (lists would be pytrees under jit).
+
+    Concrete inputs are checked here, before the compiled function: the filters
+    sanitise non-finite values (a finite result would not reveal them).
+    """
+    times = times if isinstance(times, jax.Array) else np.asarray(times)
+    y = y if isinstance(y, jax.Array) else np.asarray(y)
+    if inputs is not None:
+        _check_finite(inputs, "inputs")
+        if not isinstance(inputs, jax.Array):
+            inputs = np.asarray(inputs)
+    return times, y, inputs
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
 def simulate(
@@ -370,9 +406,21 @@ def simulate(
     Returns:
         :class:`~kalmanad.filter.Simulation` with ``states`` ``(*sample_shape, *batch, T, n)``
         and ``observations`` ``(*sample_shape, *batch, T, m)``.
+
+    Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
-    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization)
-    sample_shape = tuple(sample_shape)
+    grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
+    times, _, inputs = _arrays(times, 0.0, inputs)
+    args = (model, times, key, inputs, grid)
+    kw = {"sample_shape": tuple(int(k) for k in sample_shape), "discretization": discretization}
+    sim = _simulate_jit(*args, **kw)
+    if not _is_concrete(args) or _all_finite(sim):
+        return sim
+    return _simulate(*args, **kw)  # names the problem in concrete input
+
+
+def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
         lambda x: jnp.broadcast_to(x, sample_shape + x.shape).reshape(
@@ -383,6 +431,9 @@ def simulate(
     keys = jax.random.split(key, n_draws)
     sim = jax.vmap(lambda s, k: simulate_ssm(s, k))(flat, keys)
     return jax.tree.map(lambda x: x.reshape(sample_shape + batch + x.shape[1:]), sim)
+
+
+_simulate_jit = jax.jit(_simulate, static_argnames=("sample_shape", "discretization"))
 
 
 def forecast(

@@ -154,11 +154,12 @@ def test_distribution_mesh_and_parallel_chains_equal_single_device():
     )
     base = np.asarray(res["base"])
     assert base.shape == (4, 40)
-    np.testing.assert_allclose(res["parallel"], base, rtol=1e-8)  # the same program per chain
-    # The sharded log-density is a different XLA program: equal to rounding (1e-12 for
-    # the value, test_sharded_panel_equals_single_device), and 100 NUTS transitions
-    # amplify that rounding to about 3e-7 relative in the draws (measured). Same chain:
-    # one different tree decision would move a draw by O(0.1).
+    # Chains on separate devices and the sharded log-density are different XLA programs
+    # from the vectorised run: equal to rounding (1e-12 for the sharded value,
+    # test_sharded_panel_equals_single_device), and 100 NUTS transitions amplify that
+    # rounding to about 3e-7 relative in the draws (measured for both). The same chain
+    # all the same: one different tree decision would move a draw by O(0.1).
+    np.testing.assert_allclose(res["parallel"], base, rtol=1e-5)
     np.testing.assert_allclose(res["sharded"], base, rtol=1e-5)
 
 

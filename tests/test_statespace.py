@@ -355,6 +355,46 @@ def test_eager_calls_run_one_compiled_function_with_the_same_results():
         kalmanad.kalman_filter(model, t, y_bad)
 
 
+def test_eager_smoother_and_simulation_are_compiled_with_the_same_results():
+    """``rts_smoother`` and ``simulate`` also run eagerly as one compiled function: the
+    results equal their inner functions' on the same grid, and non-finite inputs still
+    get the uncompiled path's error."""
+    from kalmanad import statespace
+
+    rng = np.random.default_rng(6)
+    model = LinearSDE(
+        [[-0.7]], [[0.4]], [[1.0]], [[0.2]], input_effect=[[0.5]], observation_intercept=[0.1]
+    )
+    t = np.cumsum(rng.exponential(0.6, 20))
+    u = rng.standard_normal((20, 1))
+    y = rng.standard_normal((20, 1))
+    grid = statespace._observed_grid(model, t, ())
+    sm = kalmanad.rts_smoother(model, t, y, u)
+    ref = jax.jit(
+        lambda m: statespace._rts_smoother(
+            m, t, y, u, grid, method="sequential", discretization="van_loan"
+        )
+    )(model)
+    for x, r in zip(sm, ref, strict=True):
+        np.testing.assert_allclose(x, r, rtol=1e-12, atol=1e-14)
+    key = jax.random.key(2)
+    sim = kalmanad.simulate(model, t, key, u, sample_shape=(3,))
+    assert sim.observations.shape == (3, 20, 1)
+    ref = jax.jit(
+        lambda m: statespace._simulate(
+            m, t, key, u, grid, sample_shape=(3,), discretization="van_loan"
+        )
+    )(model)
+    for x, r in zip(sim, ref, strict=True):
+        np.testing.assert_allclose(x, r, rtol=1e-12, atol=1e-14)
+    u_bad = u.copy()
+    u_bad[4, 0] = np.nan
+    with pytest.raises(ValueError, match="inputs"):
+        kalmanad.simulate(model, t, key, u_bad)
+    with pytest.raises(ValueError, match="inputs"):
+        kalmanad.rts_smoother(model, t, y, u_bad)
+
+
 def test_models_batched_over_two_dims_match_one_by_one():
     """One model per subject on a (2, 3) grid of subjects, each with its own times:
     every subject discretises its own steps, and the results equal separate calls."""
