@@ -771,10 +771,9 @@ def default_grid(times) -> StepGrid | None:
     cost more than it saves (a gather forward, a scatter-add in reverse mode). Either
     way every step is discretised at its merged size, so the numbers are the same.
     """
-    t_c = check_times(times)
-    if t_c is None:
+    if _concrete(times) is None:
         return None
-    grid = step_grid(t_c)
+    grid = step_grid(times)  # (which validates the times)
     if 2 * grid.dt.size > grid.index.size:
         return StepGrid(grid.dt[grid.index], None)
     return grid

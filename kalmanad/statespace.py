@@ -271,16 +271,13 @@ def kalman_filter(
         ``log_likelihood`` is ``-inf`` for invalid parameter values.
     """
     check_checkpoint(checkpoint, method)  # before any work: a bad option is named at once
-    if grid is None:  # from concrete times, outside the compiled function
-        grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
-    times, y, inputs = _arrays(times, y, inputs)
+    times, inputs, grid = _front_end_args(model, times, inputs, grid)
+    args = (model, times, _as_array(y), inputs, grid)
     kw = {"method": method, "discretization": discretization, "checkpoint": checkpoint}
-    res = _kalman_filter_jit(model, times, y, inputs, grid, **kw)
-    if not _is_concrete((model, times, y, inputs)) or np.all(np.isfinite(res.log_likelihood)):
-        return res
-    # Concrete and not finite: the uncompiled path checks every value and names the
-    # problem (or returns the same -inf for invalid parameters).
-    return _kalman_filter(model, times, y, inputs, grid, **kw)
+    # (only the log-likelihood is checked: -inf there is the mark of a bad value)
+    return _run_compiled(
+        _kalman_filter, _kalman_filter_jit, args, kw, lambda r: _all_finite(r.log_likelihood)
+    )
 
 
 def _kalman_filter(model, times, y, inputs, grid, *, method, discretization, checkpoint):
@@ -350,13 +347,10 @@ def rts_smoother(
     (..., T, n, n) and lag-one cross covariances (..., T-1, n, n).
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
-    grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
-    args = (model, *_arrays(times, y, inputs), grid)
+    times, inputs, grid = _front_end_args(model, times, inputs)
+    args = (model, times, _as_array(y), inputs, grid)
     kw = {"method": method, "discretization": discretization}
-    res = _rts_smoother_jit(*args, **kw)
-    if not _is_concrete(args) or _all_finite(res):
-        return res
-    return _rts_smoother(*args, **kw)  # names the problem in concrete input
+    return _run_compiled(_rts_smoother, _rts_smoother_jit, args, kw)
 
 
 def _rts_smoother(model, times, y, inputs, grid, *, method, discretization):
@@ -370,23 +364,42 @@ def _rts_smoother(model, times, y, inputs, grid, *, method, discretization):
 _rts_smoother_jit = jax.jit(_rts_smoother, static_argnames=("method", "discretization"))
 
 
-def _arrays(times, y, inputs):
-    """``times``, ``y`` and ``inputs`` as arrays (lists would be pytrees under jit).
+def _as_array(x):
+    """``x`` as an array: a list would be a pytree of scalars under ``jit``."""
+    return x if isinstance(x, jax.Array) else np.asarray(x)
 
-    Concrete inputs are checked here, before the compiled function: the filters
-    sanitise non-finite values (a finite result would not reveal them).
+
+def _front_end_args(model: LinearSDE, times, inputs, grid=None):
+    """A front end's work on the concrete side, before its compiled function.
+
+    Returns ``(times, inputs, grid)``: the step grid found from concrete times (unless
+    given; None for traced times), lists as arrays, and concrete inputs checked finite
+    here, since the filters sanitise non-finite values (a finite result would not
+    reveal them).
     """
-    times = times if isinstance(times, jax.Array) else np.asarray(times)
-    y = y if isinstance(y, jax.Array) else np.asarray(y)
+    if grid is None:
+        grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
     if inputs is not None:
         _check_finite(inputs, "inputs")
-        if not isinstance(inputs, jax.Array):
-            inputs = np.asarray(inputs)
-    return times, y, inputs
+        inputs = _as_array(inputs)
+    return _as_array(times), inputs, grid
 
 
 def _all_finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def _run_compiled(fn, compiled, args, kw, finite=_all_finite):
+    """``compiled(*args, **kw)`` (``compiled`` is ``jax.jit(fn)``).
+
+    Concrete arguments whose result is not ``finite`` are run again by ``fn``,
+    uncompiled: its checks of concrete values name the bad one (or it returns the
+    same result, e.g. -inf for invalid parameters).
+    """
+    res = compiled(*args, **kw)
+    if not _is_concrete(args) or finite(res):
+        return res
+    return fn(*args, **kw)
 
 
 def simulate(
@@ -409,14 +422,10 @@ def simulate(
 
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
-    grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
-    times, _, inputs = _arrays(times, 0.0, inputs)
+    times, inputs, grid = _front_end_args(model, times, inputs)
     args = (model, times, key, inputs, grid)
     kw = {"sample_shape": tuple(int(k) for k in sample_shape), "discretization": discretization}
-    sim = _simulate_jit(*args, **kw)
-    if not _is_concrete(args) or _all_finite(sim):
-        return sim
-    return _simulate(*args, **kw)  # names the problem in concrete input
+    return _run_compiled(_simulate, _simulate_jit, args, kw)
 
 
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
