@@ -106,6 +106,7 @@ __all__ = [
     "METHODS",
     "StepGrid",
     "check_times",
+    "default_grid",
     "discretize",
     "discretize_augmented",
     "discretize_model",
@@ -763,13 +764,16 @@ def step_grid(times, *, rtol: float = 8.0) -> StepGrid:
 
 
 def default_grid(times) -> StepGrid | None:
-    """The grid :func:`discretize_model` uses for ``times`` when given none.
+    """The grid :func:`discretize_model` uses for ``times`` (..., T) when given none.
 
-    ``None`` for traced times. For concrete times, :func:`step_grid`; but when fewer
-    than half the steps repeat (irregular times), the merged step of every position in
-    place (``index`` None): gathering the distinct steps back to every position would
-    cost more than it saves (a gather forward, a scatter-add in reverse mode). Either
-    way every step is discretised at its merged size, so the numbers are the same.
+    ``None`` for traced times. For concrete times, :func:`step_grid`: ``dt`` (U,) the
+    distinct steps, ``index`` (..., T). But when fewer than half the steps repeat
+    (irregular times, 2U > T), ``StepGrid(dt, None)`` with ``dt`` (..., T) the merged
+    step Δ_k = t_k − t_{k−1} (Δ_0 = 0) of every position, discretised in place:
+    gathering the distinct steps back to every position would cost more than it saves
+    (a gather forward, a scatter-add in reverse mode). Either way every step is
+    discretised at its merged size, so the numbers are the same. Pass it as
+    ``grid=`` where the times will be traced.
     """
     if _concrete(times) is None:
         return None
