@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,7 @@ def machine_info(dtype: str, quick: bool, **extra: Any) -> dict:
         "load_average_at_start": load,
         "dtype": dtype,
         "quick": quick,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
     }
     info.update(extra)
     return info
@@ -267,8 +269,21 @@ def _jsonable(x):
 
 
 def write_results(stem: str, payload: dict, markdown: str, out_dir: Path | None = None):
-    """Write ``<stem>.json`` and ``<stem>.md`` under ``benchmarks/results/``; return paths."""
-    out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``benchmarks/results/``; return paths.
+
+    A run on an accelerator appends its backend to the stem (``bench_scale_quick_gpu``),
+    so that it never overwrites the CPU results; ``$KALMANAD_BENCH_TAG`` appends a tag
+    (a benchmark run in parts). ``$KALMANAD_BENCH_RESULTS`` redirects
+    the directory (the lent GPU machine writes where its files come back from).
+    """
+    backend = jax.default_backend()
+    if backend != "cpu":
+        stem = f"{stem}_{backend}"
+    if os.environ.get("KALMANAD_BENCH_TAG"):  # runs of one benchmark in parts
+        stem = f"{stem}_{os.environ['KALMANAD_BENCH_TAG']}"
+    if out_dir is None:
+        out_dir = os.environ.get("KALMANAD_BENCH_RESULTS") or RESULTS_DIR
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
@@ -324,8 +339,7 @@ def ou_linear_sde(theta, mu, sigma, noise):
 
 DYNESTYX_LABEL = "dynestyx-equivalent: NumPyro + Van Loan + cuthbert parallel filter"
 DYNESTYX_NOTE = (
-    "dynestyx (PyPI) needs Python >= 3.12 and is not installable on this Python "
-    "({python}); the peer is its closest equivalent named by issue 6: per-step Van Loan "
+    "dynestyx (PyPI) {why}; the peer is its closest equivalent named by issue 6: per-step Van Loan "
     "discretisation by jax.scipy.linalg.expm under JAX's AD and cuthbert's parallel "
     "square-root Kalman filter (cuthbert.gaussian.kalman, associative scan)"
 )
@@ -333,6 +347,7 @@ DYNESTYX_NOTE = (
 
 def dynestyx_version() -> dict:
     """Which dynestyx peer runs here (always the equivalent; whether dynestyx imports)."""
+    py = platform.python_version()
     try:
         import dynestyx
     except ImportError:
@@ -342,7 +357,11 @@ def dynestyx_version() -> dict:
             "dynestyx": None,
             "dynestyx_peer": "equivalent",
             "cuthbert": cuthbert.__version__,
-            "dynestyx_note": DYNESTYX_NOTE.format(python=platform.python_version()),
+            "dynestyx_note": DYNESTYX_NOTE.format(
+                why=f"needs Python >= 3.12 and is not installable on this Python ({py})"
+                if sys.version_info < (3, 12)
+                else f"is not installed here (Python {py})",
+            ),
         }
     import cuthbert
 

@@ -54,6 +54,7 @@ Outputs: the tables on stdout, ``benchmarks/results/bench_filter[_quick].json`` 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import re
@@ -74,6 +75,13 @@ def _parse():
         help="time the pieces of kalmanad's likelihood at N=2000 (default: on unless --quick)",
     )
     p.add_argument("--statsmodels-max", type=int, default=10_000, help="largest N for statsmodels")
+    p.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=["sqrt", "dynestyx", "dynamax", "naive"],
+        help="contenders left out (e.g. the per-step scans that take minutes a call on a GPU)",
+    )
     p.add_argument("--workers", type=int, default=2, help="threads compiling in parallel")
     p.add_argument("--compile-cache", default=None, help="persistent JAX compilation cache dir")
     p.add_argument("--platform", default=None, help="JAX platform (default: JAX's choice)")
@@ -95,7 +103,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dynamax  # noqa: E402
 import statsmodels  # noqa: E402
 import tinygp  # noqa: E402
 from _common import (  # noqa: E402
@@ -113,13 +120,6 @@ from _common import (  # noqa: E402
     text_table,
     time_interleaved_samples,
     write_results,
-)
-from dynamax.linear_gaussian_ssm.inference import (  # noqa: E402
-    ParamsLGSSM,
-    ParamsLGSSMDynamics,
-    ParamsLGSSMEmissions,
-    ParamsLGSSMInitial,
-    lgssm_filter,
 )
 from statsmodels.tsa.statespace.kalman_filter import KalmanFilter  # noqa: E402
 from tinygp.kernels import quasisep  # noqa: E402
@@ -175,6 +175,15 @@ def tinygp_loglik(times):
 
 
 def dynamax_loglik(times):
+    # Imported here: dynamax is a benchmark extra, and --skip dynamax runs without it.
+    from dynamax.linear_gaussian_ssm.inference import (
+        ParamsLGSSM,
+        ParamsLGSSMDynamics,
+        ParamsLGSSMEmissions,
+        ParamsLGSSMInitial,
+        lgssm_filter,
+    )
+
     def f(theta, y):
         model = sho_linear_sde(*theta)
         ssm = discretize_model(model, times)
@@ -307,11 +316,15 @@ def vg(f):
 
 def contenders(times):
     """{name: loglik(θ, y)} for value_and_grad timing, in table order."""
-    out = {f"kalmanad {m}": kalmanad_loglik(times, m) for m in METHODS}
+    skip = set(ARGS.skip)
+    out = {f"kalmanad {m}": kalmanad_loglik(times, m) for m in METHODS if m not in skip}
     out[REFERENCE] = tinygp_loglik(times)
-    out[DYNESTYX_LABEL] = dynestyx_peer_loglik(times)
-    out["dynamax (our discretisation)"] = dynamax_loglik(times)
-    out[NAIVE] = naive_loglik(times)
+    if "dynestyx" not in skip:
+        out[DYNESTYX_LABEL] = dynestyx_peer_loglik(times)
+    if "dynamax" not in skip:
+        out["dynamax (our discretisation)"] = dynamax_loglik(times)
+    if "naive" not in skip:
+        out[NAIVE] = naive_loglik(times)
     return out
 
 
@@ -419,8 +432,10 @@ def run_size(n, repeats, max_seconds, keep=False):
         else:
             row["ratio_vs_tinygp"] = med[k] / med[REFERENCE]
             row["ratio_vs_tinygp_min"] = low[k] / low[REFERENCE]
-            row["ratio_vs_naive"] = med[k] / med[NAIVE]
-            row["ratio_vs_dynestyx"] = med[k] / med[DYNESTYX_LABEL]
+            row["ratio_vs_naive"] = med[k] / med[NAIVE] if NAIVE in med else None
+            row["ratio_vs_dynestyx"] = (
+                med[k] / med[DYNESTYX_LABEL] if DYNESTYX_LABEL in med else None
+            )
         rows.append(row)
     return (rows, exe, jobs, times, y) if keep else (rows, None, None, times, y)
 
@@ -524,15 +539,32 @@ def cost_model(rows):
 def targets(rows):
     out = []
     vg_rows = [r for r in rows if r["computes"] == "value_and_grad"]
+    on_cpu = jax.default_backend() == "cpu"
     for m in METHODS:
         name = f"kalmanad {m}"
         r = next((r for r in vg_rows if r["contender"] == name and r["n"] == TARGET_N), None)
         out.append(
             {
-                "target": f"{name}: value_and_grad at N={TARGET_N} ≤ 0.5 × tinygp",
+                # The issue's target is a CPU one: on an accelerator it is recorded, not judged.
+                "target": f"{name}: value_and_grad at N={TARGET_N} ≤ 0.5 × tinygp"
+                + ("" if on_cpu else f" (a CPU target; this run is on {jax.default_backend()})"),
                 "measured": None if r is None else r["ratio_vs_tinygp"],
                 "measured_min": None if r is None else r["ratio_vs_tinygp_min"],
-                "met": None if r is None else bool(r["ratio_vs_tinygp"] <= 0.5),
+                "met": None if r is None or not on_cpu else bool(r["ratio_vs_tinygp"] <= 0.5),
+            }
+        )
+    if not on_cpu:
+        # Issue #3 on a GPU: the parallel filter at least 50× faster than the sequential.
+        seq = {r["n"]: r for r in vg_rows if r["contender"] == "kalmanad sequential"}
+        par = {r["n"]: r for r in vg_rows if r["contender"] == "kalmanad parallel"}
+        big = max((n for n in seq if n in par), default=None)
+        speedup = None if big is None else seq[big]["median_s"] / par[big]["median_s"]
+        out.append(
+            {
+                "target": f"{jax.default_backend()}: kalmanad parallel ≥ 50 × faster than "
+                f"sequential at N=10⁵ (measured at N={big})",
+                "measured": speedup,
+                "met": None if big != 100_000 else bool(speedup >= 50),
             }
         )
     for m in METHODS:
@@ -564,7 +596,7 @@ def main():
         "float64",
         quick,
         tinygp=tinygp.__version__,
-        dynamax=dynamax.__version__,
+        dynamax=None if "dynamax" in ARGS.skip else importlib.metadata.version("dynamax"),
         statsmodels=statsmodels.__version__,
         kalmanad=kalmanad.__version__,
         **dynestyx_version(),
@@ -579,7 +611,7 @@ def main():
         "log-likelihood w.r.t. (omega, quality, sigma, noise). Median ms per call after jit;\n"
         "÷ tinygp, ÷ naive, ÷ dynestyx: contender time ÷ peer time in the same run (< 1:\n"
         f"faster). dynestyx peer: {DYNESTYX_LABEL}"
-        + ("" if info.get("dynestyx") else "; dynestyx not installable on this Python")
+        + ("" if info.get("dynestyx") else "; dynestyx itself not installed here")
     )
     t_start = time.perf_counter()
     rows, bd_rows = [], []
@@ -714,7 +746,7 @@ def main():
         f"{info['load_average_at_start']}, {info['date_utc']}. Median of interleaved "
         "samples after jit warm-up; ratios are contender ÷ peer in the same run. "
         f"dynestyx peer: {DYNESTYX_LABEL}"
-        + ("." if info.get("dynestyx") else " (dynestyx not installable on this Python)."),
+        + ("." if info.get("dynestyx") else " (dynestyx itself not installed here)."),
         "",
         "## value_and_grad of the SHO log-likelihood",
         "",

@@ -573,7 +573,7 @@ def main():
         f"{len(seeds)} seed(s). ESS/s = min bulk ESS ÷ sampling time (compilation and "
         "warm-up excluded); (w+s): ÷ warm-up + sampling time. "
         f"{DYNESTYX} = {DYNESTYX_LABEL}"
-        + ("." if info.get("dynestyx") else " (dynestyx not installable on this Python)."),
+        + ("." if info.get("dynestyx") else " (dynestyx itself not installed here)."),
         "",
         markdown_table(head, body),
         "",

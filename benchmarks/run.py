@@ -19,10 +19,11 @@ benchmarks page includes every ``results/*.md``). Each subprocess's output is ke
 ``benchmarks/results/logs/<bench>.log`` (not committed).
 
 By default the subprocesses get ``XLA_FLAGS=--xla_cpu_use_fusion_emitters=false``
-(XLA:CPU's fusion emitters compile 2× slower; run time changes by 10–20% for all
-contenders alike — the flag is recorded) and a shared persistent compilation cache
-(``--compile-cache``; a rerun loads executables instead of compiling them, timings
-unaffected). ``--no-fast-compile`` and ``--compile-cache ''`` turn them off.
+where this XLA still accepts it (XLA:CPU's fusion emitters compile 2× slower; run time
+changes by 10–20% for all contenders alike — the flag is recorded) and a shared
+persistent compilation cache (``--compile-cache``; a rerun loads executables instead of
+compiling them, timings unaffected). ``--no-fast-compile`` and ``--compile-cache ''``
+turn them off.
 """
 
 from __future__ import annotations
@@ -320,8 +321,18 @@ def main():
     env = dict(os.environ)
     if args.fast_compile:
         flags = env.get("XLA_FLAGS", "")
-        if "xla_cpu_use_fusion_emitters" not in flags:
-            env["XLA_FLAGS"] = (flags + " --xla_cpu_use_fusion_emitters=false").strip()
+        fast = "--xla_cpu_use_fusion_emitters=false"
+        # jaxlib 0.11 dropped the flag, and XLA ends a process whose XLA_FLAGS hold an
+        # unknown one: ask a throw-away process first.
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax.numpy as j; j.zeros(1).block_until_ready()"],
+            env=dict(env, XLA_FLAGS=fast, JAX_PLATFORMS="cpu"),
+            capture_output=True,
+        )
+        if "xla_cpu_use_fusion_emitters" not in flags and probe.returncode == 0:
+            env["XLA_FLAGS"] = (flags + " " + fast).strip()
+        elif probe.returncode != 0:
+            print(f"this XLA does not accept {fast}: compiling with its defaults", flush=True)
     started = time.time()
     try:
         load = list(os.getloadavg())
