@@ -84,6 +84,7 @@ For subject-specific parameters ``jax.vmap`` over the model and ``grid.index`` w
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -215,9 +216,17 @@ class _Triple(NamedTuple):
 
 
 def _bmm(x, y):
-    """Batched matmul. For tiny matrices a fused multiply-and-reduce beats a batched GEMM
-    call per matrix (measured 1.5-2x on CPU for stacks of 4x4)."""
-    if x.shape[-1] <= 8 and x.shape[-2] <= 8 and y.shape[-1] <= 8:
+    """Batched matmul, written for the speed of XLA:CPU on tiny matrices.
+
+    Measured (jax 0.10.2, 2 cores, a composition's value and gradient): for n ≤ 3 and a
+    stack of at least a few dozen, the batched dot is 2-4x faster than a fused
+    multiply-and-reduce (49 000 steps, n = 3: 30 against 82 ms); for n = 4 the batched dot
+    takes a slow path (3x slower than multiply-and-reduce); single matrices, as inside the
+    table loops, are fastest fused (fewer kernels per iteration).
+    """
+    n = max(x.shape[-2:] + y.shape[-1:])
+    batch = math.prod(jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+    if n <= 8 and not (n <= 3 and batch >= 64):
         return jnp.sum(x[..., :, :, None] * y[..., None, :, :], axis=-2)
     return x @ y
 
@@ -234,6 +243,38 @@ def _compose(x: _Triple, y: _Triple) -> _Triple:
         _sym(y.qd + _bmm(_bmm(y.ad, x.qd), _mT(y.ad))),
         y.fd + _bmm(y.ad, x.fd),
     )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _taylor_coefficients(z, degree: int):
+    """c[j] = zʲ/j! for j = 0 … degree, shape (degree + 1, K) for z of shape (K,).
+
+    The powers come from two short tables, z^(8i + l) = (z⁸)ⁱ zˡ (l < 8): one fused
+    element-wise kernel. (A cumulative product along j, the previous way, lowers on CPU
+    to a windowed reduction that took 30 ms for 49 000 steps; this takes 1.5 ms.) Every
+    power is a product of at most six factors, so the relative error stays a few ulps;
+    z ≤ θ = 2 keeps z^33 far from overflow, and a tiny z underflows to exact zeros.
+    Derivative: dc[j]/dz = c[j-1], the same table shifted (custom JVP: exact, any order).
+    """
+    one = jnp.ones_like(z)
+    z2 = z * z
+    z4 = z2 * z2
+    low = jnp.stack([one, z, z2, z2 * z, z4, z4 * z, z4 * z2, z4 * z2 * z])
+    z8 = z4 * z4
+    highs = [one, z8]
+    while 8 * len(highs) < degree + 1:
+        highs.append(highs[-1] * z8)
+    c = (jnp.stack(highs)[:, None, :] * low[None, :, :]).reshape(8 * len(highs), -1)
+    inv_factorial = np.array([1.0 / math.factorial(j) for j in range(degree + 1)])
+    return c[: degree + 1] * jnp.asarray(inv_factorial, z.dtype)[:, None]
+
+
+@_taylor_coefficients.defjvp
+def _taylor_coefficients_jvp(degree, primals, tangents):
+    (z,), (dz,) = primals, tangents
+    c = _taylor_coefficients(z, degree)
+    shifted = jnp.concatenate([jnp.zeros_like(c[:1]), c[:-1]])
+    return c, shifted * dz[None, :]
 
 
 def _series_evaluator(a, q, w):
@@ -267,12 +308,7 @@ def _series_evaluator(a, q, w):
 
     def evaluate(h):
         k = h.shape[0]
-        z = h * sigma
-        # coef[j] = z^j/j! by running products (no powers, no factorials, no overflow),
-        # as one cumulative product: a single kernel, where an unrolled loop of
-        # products compiled to one kernel per degree.
-        steps = z[None, :] / jnp.arange(1, deg + 2, dtype=dtype)[:, None]
-        coef = jnp.cumprod(jnp.concatenate([jnp.ones_like(z)[None], steps]), axis=0)
+        coef = _taylor_coefficients(h * sigma, deg + 1)  # (deg + 2, K): z^j/j!
         ad = (pw_t @ coef[:-1]).reshape(n, n, k).transpose(2, 0, 1)
         qf = (qe_t @ coef[1:]) / sigma  # (n² + nr, K)
         qd = _sym(qf[: n * n].reshape(n, n, k).transpose(2, 0, 1))

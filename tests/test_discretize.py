@@ -319,6 +319,34 @@ def test_check_grads_drift_diffusion(method):
     check_grads(f, (a, q), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
+def test_taylor_coefficients_values_and_derivatives():
+    # z^j/j! from the two power tables, against exact rational arithmetic rounded once;
+    # the custom JVP (dc[j]/dz = c[j-1]) against finite differences, to second order,
+    # and the step-length gradient of the whole route against central differences.
+    from fractions import Fraction
+    from math import factorial
+
+    from kalmanad.discretize import _taylor_coefficients
+
+    z = np.array([0.0, 1e-300, 1e-8, 0.37, 1.0, 1.999])
+    for degree in (16, 33):
+        c = np.asarray(_taylor_coefficients(jnp.asarray(z), degree))
+        assert c.shape == (degree + 1, z.size)
+        exact = np.array(
+            [[float(Fraction(x) ** j / factorial(j)) for x in z] for j in range(degree + 1)]
+        )
+        np.testing.assert_allclose(c, exact, rtol=8e-16, atol=0.0)
+    zs = jnp.asarray([0.2, 0.9, 1.7])
+    check_grads(lambda x: _taylor_coefficients(x, 33), (zs,), order=2, modes=("fwd", "rev"))
+    a, q = random_problem(3, 3)
+
+    def f(dt):
+        ad, qd = discretize(a, q, dt)
+        return jnp.sum(jnp.sin(ad)) + jnp.sum(qd**2)
+
+    check_grads(f, (jnp.asarray([0.05, 0.7, 1.3]),), order=1, modes=("fwd", "rev"))
+
+
 @pytest.mark.slow
 def test_check_grads_second_order():
     a, q = random_problem(11, 2)
