@@ -320,19 +320,14 @@ def main():
     args = _parse()
     env = dict(os.environ)
     if args.fast_compile:
-        flags = env.get("XLA_FLAGS", "")
-        fast = "--xla_cpu_use_fusion_emitters=false"
-        # jaxlib 0.11 dropped the flag, and XLA ends a process whose XLA_FLAGS hold an
-        # unknown one: ask a throw-away process first.
-        probe = subprocess.run(
-            [sys.executable, "-c", "import jax.numpy as j; j.zeros(1).block_until_ready()"],
-            env=dict(env, XLA_FLAGS=fast, JAX_PLATFORMS="cpu"),
-            capture_output=True,
-        )
-        if "xla_cpu_use_fusion_emitters" not in flags and probe.returncode == 0:
-            env["XLA_FLAGS"] = (flags + " " + fast).strip()
-        elif probe.returncode != 0:
-            print(f"this XLA does not accept {fast}: compiling with its defaults", flush=True)
+        # Only where this jaxlib still has the option (0.11 dropped it, and XLA ends a
+        # process whose XLA_FLAGS name an unknown one).
+        from kalmanad._xla import fast_compile_known, with_fast_compile
+
+        if with_fast_compile(env.get("XLA_FLAGS")):
+            env["XLA_FLAGS"] = with_fast_compile(env.get("XLA_FLAGS"))
+        if not fast_compile_known():
+            print("this jaxlib has no fast-compile option: XLA's defaults", flush=True)
     started = time.time()
     try:
         load = list(os.getloadavg())

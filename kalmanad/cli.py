@@ -28,8 +28,8 @@ class CLIError(Exception):
 # XLA's older CPU fusion emitters compile the sampler about twice as fast (measured on
 # the OU model's log-likelihood gradient: 2.7 s against 5.9 s), at 10-20% more run
 # time per gradient; for a command whose wall time is mostly compilation that is a
-# clear win. Applied only when the user's XLA_FLAGS do not mention the option.
-_COMPILE_FAST_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# clear win. Applied only when the user's XLA_FLAGS do not mention the option and this
+# jaxlib still has it (kalmanad._xla.with_fast_compile).
 
 
 def _compilation_cache_dir() -> str | None:
@@ -57,9 +57,11 @@ def _enable_x64() -> None:
     # shape again skips compilation, most of a short fit's time.
     import os
 
-    flags = os.environ.get("XLA_FLAGS", "")
-    if _COMPILE_FAST_FLAG.split("=")[0] not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {_COMPILE_FAST_FLAG}".strip()
+    from kalmanad._xla import with_fast_compile
+
+    flags = with_fast_compile(os.environ.get("XLA_FLAGS"))
+    if flags:
+        os.environ["XLA_FLAGS"] = flags
     import jax
 
     jax.config.update("jax_enable_x64", True)

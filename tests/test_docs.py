@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from kalmanad._xla import with_fast_compile
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -53,9 +55,8 @@ def page_id(path: Path) -> str:
 def _env() -> dict:
     env = dict(os.environ)
     env["NO_MKDOCS_2_WARNING"] = "1"
-    flag = "--xla_cpu_use_fusion_emitters=false"
-    if flag.split("=")[0] not in env.get("XLA_FLAGS", ""):
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    if with_fast_compile(env.get("XLA_FLAGS")):
+        env["XLA_FLAGS"] = with_fast_compile(env.get("XLA_FLAGS"))
     return env
 
 

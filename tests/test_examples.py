@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from kalmanad._xla import with_fast_compile
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -24,10 +26,10 @@ SCRIPTS = sorted(EXAMPLES.glob("[0-9][0-9]_*.py"))
 # Compilation dominates a quick run: the older CPU emitters compile about twice as fast,
 # and LLVM at -O0 cuts the rest by about 40% (the programs then run ~4x slower, which
 # quick runs do not notice). Test processes only; the notebooks themselves set nothing.
-XLA_FLAGS = (
-    "--xla_cpu_use_fusion_emitters=false",
-    "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true",
+XLA_FLAGS = tuple(
+    with_fast_compile(
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    ).split()
 )
 
 EXPECTED = [

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import kalmanad as ka
+from kalmanad._xla import with_fast_compile
 from kalmanad.scale import sharded_log_likelihood, subject_mesh
 
 _PRELUDE = """
@@ -45,9 +46,7 @@ def panel(S, T, seed=0):
 
 def _run(body: str) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        "--xla_force_host_platform_device_count=4 --xla_cpu_use_fusion_emitters=false"
-    )
+    env["XLA_FLAGS"] = with_fast_compile("--xla_force_host_platform_device_count=4")
     env["JAX_PLATFORMS"] = "cpu"
     code = _PRELUDE + textwrap.dedent(body)
     out = subprocess.run(
