@@ -303,14 +303,15 @@ SMALL_MM = 8
 def mm(a, b):
     """``a @ b`` for (..., i, j) @ (..., j, k), fusible for small sizes."""
     if max(a.shape[-2:] + b.shape[-1:]) > SMALL_MM:
-        return a @ b
+        # Full precision: no TF32 passes for float32 on GPUs (see kalmanad.discretize).
+        return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
     return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
 def mv(a, x):
     """``a @ x`` for (..., i, j) @ (..., j), fusible for small sizes."""
     if max(a.shape[-2:]) > SMALL_MM:
-        return (a @ x[..., None])[..., 0]
+        return jnp.matmul(a, x[..., None], precision=lax.Precision.HIGHEST)[..., 0]
     return jnp.sum(a * x[..., None, :], axis=-1)
 
 
