@@ -42,6 +42,7 @@ __all__ = [
     "RESULTS_DIR",
     "call",
     "compile_all",
+    "cpu_target_note",
     "dynestyx_loglik",
     "dynestyx_version",
     "enable_compile_cache",
@@ -49,6 +50,7 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "max_rel_diff",
+    "on_cpu",
     "ou_linear_sde",
     "sho_linear_sde",
     "text_table",
@@ -266,6 +268,16 @@ def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def on_cpu() -> bool:
+    """Whether this run is on CPU, where the issues' CPU targets are judged."""
+    return jax.default_backend() == "cpu"
+
+
+def cpu_target_note() -> str:
+    """Appended to a CPU target's label on an accelerator, where it is recorded, not judged."""
+    return "" if on_cpu() else f" (a CPU target; this run is on {jax.devices()[0].device_kind})"
 
 
 def write_results(stem: str, payload: dict, markdown: str, out_dir: Path | None = None):

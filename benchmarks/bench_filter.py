@@ -109,6 +109,7 @@ from _common import (  # noqa: E402
     DYNESTYX_LABEL,
     call,
     compile_all,
+    cpu_target_note,
     dynestyx_loglik,
     dynestyx_version,
     enable_compile_cache,
@@ -116,6 +117,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     max_rel_diff,
+    on_cpu,
     sho_linear_sde,
     text_table,
     time_interleaved_samples,
@@ -539,7 +541,7 @@ def cost_model(rows):
 def targets(rows):
     out = []
     vg_rows = [r for r in rows if r["computes"] == "value_and_grad"]
-    on_cpu = jax.default_backend() == "cpu"
+    cpu = on_cpu()
     for m in METHODS:
         name = f"kalmanad {m}"
         r = next((r for r in vg_rows if r["contender"] == name and r["n"] == TARGET_N), None)
@@ -547,13 +549,13 @@ def targets(rows):
             {
                 # The issue's target is a CPU one: on an accelerator it is recorded, not judged.
                 "target": f"{name}: value_and_grad at N={TARGET_N} ≤ 0.5 × tinygp"
-                + ("" if on_cpu else f" (a CPU target; this run is on {jax.default_backend()})"),
+                + cpu_target_note(),
                 "measured": None if r is None else r["ratio_vs_tinygp"],
                 "measured_min": None if r is None else r["ratio_vs_tinygp_min"],
-                "met": None if r is None or not on_cpu else bool(r["ratio_vs_tinygp"] <= 0.5),
+                "met": None if r is None or not cpu else bool(r["ratio_vs_tinygp"] <= 0.5),
             }
         )
-    if not on_cpu:
+    if not cpu:
         # Issue #3 on a GPU: the parallel filter at least 50× faster than the sequential.
         seq = {r["n"]: r for r in vg_rows if r["contender"] == "kalmanad sequential"}
         par = {r["n"]: r for r in vg_rows if r["contender"] == "kalmanad parallel"}

@@ -123,6 +123,7 @@ from _common import (  # noqa: E402
     DYNESTYX_LABEL,
     call,
     compile_all,
+    cpu_target_note,
     dynestyx_loglik,
     dynestyx_version,
     enable_compile_cache,
@@ -130,6 +131,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     max_rel_diff,
+    on_cpu,
     text_table,
     time_interleaved_samples,
     write_results,
@@ -284,17 +286,16 @@ def part_panel(times, y):
             }
         )
     targets = []
-    on_cpu = jax.default_backend() == "cpu"
+    cpu = on_cpu()
     for m in methods:
         r = next(r for r in rows if r["contender"] == f"kalmanad {m}")
         targets.append(
             {
                 "target": f"panel {ARGS.subjects}×{ARGS.obs}, 3 latent: kalmanad {m} "
-                f"log-likelihood + gradient < {PANEL_TARGET_S} s"
-                + ("" if on_cpu else f" (a CPU target; this run is on {jax.default_backend()})"),
+                f"log-likelihood + gradient < {PANEL_TARGET_S} s" + cpu_target_note(),
                 "measured": r["median_s"],
                 "unit": "s",
-                "met": bool(r["median_s"] < PANEL_TARGET_S) if on_cpu else None,
+                "met": bool(r["median_s"] < PANEL_TARGET_S) if cpu else None,
             }
         )
     return rows, targets
@@ -378,18 +379,17 @@ def part_nuts(times, y):
         },
     }
     full = num_warmup >= 500 and num_samples >= 500
-    on_cpu = jax.default_backend() == "cpu"
     # Projection of the 500 + 500 wall time from the sampling-phase cost per transition
     # (warm-up transitions are usually longer early on): labelled, never a target result.
     row["projected_500_500_s"] = (t1 - t0) + (t2 - t1) / num_samples * (1000 - num_warmup)
     target = {
         "target": f"NUTS 500 warm-up + 500 draws on the {ARGS.subjects}×{ARGS.obs} panel "
         f"({method} filter) < {NUTS_TARGET_S / 60:.0f} min on {os.cpu_count()} cores"
-        + ("" if on_cpu else f" (a CPU target; this run is on {jax.devices()[0].device_kind})"),
+        + cpu_target_note(),
         "measured": total if full else None,
         "projected_from_quick": None if full else row["projected_500_500_s"],
         "unit": "s",
-        "met": bool(total < NUTS_TARGET_S) if full and on_cpu else None,
+        "met": bool(total < NUTS_TARGET_S) if full and on_cpu() else None,
     }
     print(
         f"  nuts: {num_warmup}+{num_samples} transitions in {total:.0f} s (warm-up incl. "

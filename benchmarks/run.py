@@ -324,8 +324,9 @@ def main():
         # process whose XLA_FLAGS name an unknown one).
         from kalmanad._xla import fast_compile_known, with_fast_compile
 
-        if with_fast_compile(env.get("XLA_FLAGS")):
-            env["XLA_FLAGS"] = with_fast_compile(env.get("XLA_FLAGS"))
+        fast = with_fast_compile(env.get("XLA_FLAGS"))
+        if fast:
+            env["XLA_FLAGS"] = fast
         if not fast_compile_known():
             print("this jaxlib has no fast-compile option: XLA's defaults", flush=True)
     started = time.time()

@@ -124,11 +124,14 @@ METHODS = ("van_loan", "van_loan_expm", "stationary")
 # ---------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------
+# Full precision for every product: on GPUs a float32 product at JAX's default precision
+# may run in TF32 (about 3 digits), which cost the float32 discretisation 4e-4 relative
+# error on an H100 (the test_float32 bound is 2e-6); no effect on CPU or in float64.
+_HI = lax.Precision.HIGHEST
+
+
 def _matmul(x, y):
-    # Full precision: on GPUs a float32 product at JAX's default precision may run in
-    # TF32 (about 3 digits), which cost the float32 discretisation 4e-4 relative error on
-    # an H100 (the test_float32 bound is 2e-6); no effect on CPU or in float64.
-    return jnp.matmul(x, y, precision=lax.Precision.HIGHEST)
+    return jnp.matmul(x, y, precision=_HI)
 
 
 def _mT(x):
@@ -653,12 +656,8 @@ def _offsets(model: LinearSDE, fd, u_hold, u_impulse):
     """bd = Φ₁(Δ)(c + B u_hold) + B_imp u_impulse from Fd = Φ₁(Δ)[c, B]."""
     bd = fd[..., 0]
     if model.n_inputs:
-        bd = bd + jnp.einsum(
-            "...ij,...j->...i", fd[..., 1:], u_hold, precision=lax.Precision.HIGHEST
-        )
-        bd = bd + jnp.einsum(
-            "ij,...j->...i", model.impulse_effect, u_impulse, precision=lax.Precision.HIGHEST
-        )
+        bd = bd + jnp.einsum("...ij,...j->...i", fd[..., 1:], u_hold, precision=_HI)
+        bd = bd + jnp.einsum("ij,...j->...i", model.impulse_effect, u_impulse, precision=_HI)
     return bd
 
 
@@ -1001,7 +1000,7 @@ def discretize_model(
     obs_offset = model.observation_intercept
     if model.n_inputs:  # no zero-size einsum: nothing to add, and shard_map rejects it
         obs_offset = obs_offset + jnp.einsum(
-            "ij,...j->...i", model.observation_input_effect, u, precision=lax.Precision.HIGHEST
+            "ij,...j->...i", model.observation_input_effect, u, precision=_HI
         )
     m0, p0 = initial_moments(model)
 

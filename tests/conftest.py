@@ -16,11 +16,12 @@ import os
 
 from kalmanad._xla import with_fast_compile  # imports JAX, but does not start it
 
-if with_fast_compile(os.environ.get("XLA_FLAGS")):
-    os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS"))
+_flags = with_fast_compile(os.environ.get("XLA_FLAGS"))
+if _flags:
+    os.environ["XLA_FLAGS"] = _flags
 
 os.environ.setdefault("KALMANAD_CACHE_DIR", "off")
 
-import jax
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

@@ -55,8 +55,9 @@ def page_id(path: Path) -> str:
 def _env() -> dict:
     env = dict(os.environ)
     env["NO_MKDOCS_2_WARNING"] = "1"
-    if with_fast_compile(env.get("XLA_FLAGS")):
-        env["XLA_FLAGS"] = with_fast_compile(env.get("XLA_FLAGS"))
+    fast = with_fast_compile(env.get("XLA_FLAGS"))
+    if fast:
+        env["XLA_FLAGS"] = fast
     return env
 
 
