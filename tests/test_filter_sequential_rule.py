@@ -112,3 +112,83 @@ def test_vmap_over_subjects_equals_one_by_one():
         want = jax.grad(lambda a, wi=w[i], yi=yy: wi * filter_sequential(a, yi).log_likelihood)(s)
         for g, x in zip(got, want, strict=True):
             np.testing.assert_allclose(g[i], x, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------- panels: the batch-last layout
+
+
+def _panel(seed, subjects=9, T=7, n=3, m=2):
+    """A panel large enough for the batch-last path, with missing values, a zero step,
+    ragged padding and one invalid subject (a negative observation variance)."""
+    rng = np.random.default_rng(seed)
+    problems = [_problem(seed * 100 + s, T=T, n=n, m=m) for s in range(subjects)]
+    ssm = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[1] for p in problems])
+    y = np.stack([np.asarray(p[2]) for p in problems])
+    y[1, 5:] = np.nan  # a shorter subject, padded
+    bad_R = ssm.observation_cov.at[4, 3].set(-50.0 * jnp.eye(m))
+    return rng, ssm._replace(observation_cov=bad_R), jnp.asarray(y)
+
+
+def _one_by_one(ssm, y, **kw):
+    return jax.vmap(lambda s, yy: filter_sequential(s, yy, **kw)[OUTPUTS])(ssm, y)
+
+
+def _panel_path(ssm, y, **kw):
+    from kalmanad.filter.api import filter_ssm
+    from kalmanad.filter.sequential import batch_last_applies
+
+    assert batch_last_applies(ssm.transition.shape[-1], y.shape[-1], y.shape[0])
+    return filter_ssm(ssm, y, "sequential", validate=False, **kw)[OUTPUTS]
+
+
+@pytest.mark.parametrize("checkpoint", [None, 3])
+def test_panel_batch_last_equals_vmap_for_every_output_and_derivative(checkpoint):
+    rng, ssm, y = _panel(6)
+    # (with checkpoint both use JAX's derivative of the scan, without it the rule)
+    got, want = _panel_path(ssm, y, checkpoint=checkpoint), _one_by_one(ssm, y)
+    assert float(got[0][4]) == -np.inf  # the invalid subject
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    finite = lambda x: jnp.where(jnp.isfinite(x), x, 0.0)  # noqa: E731
+    weights = [jnp.asarray(rng.normal(size=np.shape(x))) for x in want]
+
+    def scalar(f):
+        return lambda s, yy: sum(
+            jnp.sum(w * finite(x)) for w, x in zip(weights, f(s, yy), strict=True)
+        )
+
+    grads = jax.grad(scalar(lambda s, yy: _panel_path(s, yy, checkpoint=checkpoint)), (0, 1))
+    got_g = grads(ssm, y)
+    one = lambda s, yy: _one_by_one(s, yy, checkpoint=checkpoint)  # noqa: E731
+    want_g = jax.grad(scalar(one), (0, 1))(ssm, y)
+    for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g), strict=True):
+        assert bool(jnp.all(jnp.isfinite(g)))
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
+    tangent = _sym_tangent(rng, ssm)
+    _, got_t = jax.jvp(lambda s: _panel_path(s, y, checkpoint=checkpoint), (ssm,), (tangent,))
+    _, want_t = jax.jvp(lambda s: one(s, y), (ssm,), (tangent,))
+    for g, w in zip(got_t, want_t, strict=True):
+        np.testing.assert_allclose(finite(g), finite(w), rtol=1e-10, atol=1e-11)
+
+
+def test_panel_batch_last_shared_fields_and_two_batch_dims():
+    from kalmanad.filter.api import filter_ssm
+
+    _, ssm, y = _panel(7, subjects=12)
+    shared = ssm._replace(
+        observation=ssm.observation[0],
+        observation_offset=ssm.observation_offset[0],
+        observation_cov=ssm.observation_cov[0],
+        initial_mean=ssm.initial_mean[0],
+    )
+    want = _one_by_one(jax.tree.map(lambda x, s: jnp.broadcast_to(x, s.shape), shared, ssm), y)
+    got = filter_ssm(shared, y, validate=False)[OUTPUTS]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    # (3, 4) subjects: the same numbers, reshaped
+    two = jax.tree.map(lambda x: x.reshape(3, 4, *x.shape[1:]), ssm)
+    got2 = filter_ssm(two, y.reshape(3, 4, *y.shape[1:]), validate=False)[OUTPUTS]
+    for g, w in zip(got2, _one_by_one(ssm, y), strict=True):
+        np.testing.assert_allclose(g.reshape(w.shape), w, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="observation"):
+        filter_ssm(shared._replace(observation=shared.observation[:, :1]), y)

@@ -34,12 +34,45 @@ CORE_NDIM = {
 }
 
 
-def mT(x):
-    return jnp.swapaxes(x, -1, -2)
+# Batch-last layout: with ``tail = 1`` the matrix helpers below read a matrix as
+# (..., i, j, B), with one trailing batch axis (size B, or 1 for a shared operand).
+# Element-wise products of small matrices then run over contiguous length-B vectors,
+# which XLA vectorises on CPU: a panel of 1000 subjects' 3x3 products takes about an
+# eighth of the time it takes in the batch-first (B, ..., i, j) layout, whose innermost
+# axis has length 3. ``tail = 0`` (the default) is the ordinary (..., i, j) layout.
 
 
-def symmetrize(x):
-    return 0.5 * (x + mT(x))
+def mT(x, tail: int = 0):
+    return jnp.swapaxes(x, -1 - tail, -2 - tail)
+
+
+def symmetrize(x, tail: int = 0):
+    return 0.5 * (x + mT(x, tail))
+
+
+def entry(x, i, j, tail: int = 0):
+    """Entry (i, j) of each matrix of ``x`` (..., r, c, *tail): shape (..., *tail)."""
+    return x[(Ellipsis, i, j) + (slice(None),) * tail]
+
+
+def row(x, i, tail: int = 0):
+    """Row i of each matrix of ``x`` (..., r, c, *tail)."""
+    return x[(Ellipsis, i, slice(None)) + (slice(None),) * tail] if tail else x[..., i, :]
+
+
+def columns(x, cols, tail: int = 0):
+    """Columns ``cols`` (an index or a slice) of each matrix of ``x`` (..., r, c, *tail)."""
+    return x[(Ellipsis, slice(None), cols) + (slice(None),) * tail]
+
+
+def eye_like(n: int, dtype, tail: int = 0):
+    """The (n, n) identity with ``tail`` trailing unit axes (broadcasts over a batch)."""
+    return jnp.eye(n, dtype=dtype).reshape((n, n) + (1,) * tail)
+
+
+def diagonal(x, tail: int = 0):
+    """The diagonals of ``x`` (..., r, r, *tail), as (..., *tail, r)."""
+    return jnp.diagonal(x, axis1=-2 - tail, axis2=-1 - tail)
 
 
 def is_concrete(*xs) -> bool:
@@ -300,16 +333,27 @@ def finite_scalar(*xs):
 SMALL_MM = 8
 
 
-def mm(a, b):
-    """``a @ b`` for (..., i, j) @ (..., j, k), fusible for small sizes."""
+def mm(a, b, tail: int = 0):
+    """``a @ b`` for (..., i, j) @ (..., j, k), fusible for small sizes.
+
+    With ``tail = 1``: (..., i, j, B) @ (..., j, k, B), small sizes only.
+    """
+    if tail:
+        prod = jnp.expand_dims(a, -1 - tail) * jnp.expand_dims(b, -3 - tail)
+        return jnp.sum(prod, axis=-2 - tail)
     if max(a.shape[-2:] + b.shape[-1:]) > SMALL_MM:
         # Full precision: no TF32 passes for float32 on GPUs (see kalmanad.discretize).
         return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
     return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
-def mv(a, x):
-    """``a @ x`` for (..., i, j) @ (..., j), fusible for small sizes."""
+def mv(a, x, tail: int = 0):
+    """``a @ x`` for (..., i, j) @ (..., j), fusible for small sizes.
+
+    With ``tail = 1``: (..., i, j, B) @ (..., j, B), small sizes only.
+    """
+    if tail:
+        return jnp.sum(a * jnp.expand_dims(x, -2 - tail), axis=-1 - tail)
     if max(a.shape[-2:]) > SMALL_MM:
         return jnp.matmul(a, x[..., None], precision=lax.Precision.HIGHEST)[..., 0]
     return jnp.sum(a * x[..., None, :], axis=-1)
@@ -340,7 +384,7 @@ def _cholesky_jvp(primals, tangents):
     return l, jnp.where(ok, l_safe @ phi, 0.0)
 
 
-def safe_cholesky(s):
+def safe_cholesky(s, tail: int = 0):
     """Lower Cholesky factor of symmetric ``s`` (..., m, m) and a PD flag (...,).
 
     Where ``s`` is not positive-definite or not finite, the factor is replaced by a
@@ -351,19 +395,22 @@ def safe_cholesky(s):
     For m <= SMALL the factorisation is unrolled into element-wise operations with a
     guarded square root at each pivot (no library call, no reduction: XLA fuses it
     with the rest of a filter step). Beyond, LAPACK with a NaN-safe tangent rule.
+    With ``tail = 1`` (batch-last, small sizes only): ``s`` (..., m, m, B), flag (..., B).
     """
-    m = s.shape[-1]
+    m = s.shape[-1 - tail]
     if m > SMALL:
+        assert not tail, "batch-last layout: small matrices only"
         l = _cholesky(s)
         d = jnp.diagonal(l, axis1=-2, axis2=-1)
         ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
         l = jnp.where(ok[..., None, None], l, jnp.eye(m, dtype=s.dtype))
         return l, ok
-    ok = jnp.ones(s.shape[:-2], bool)
+    batch = s.shape[: s.ndim - 2 - tail] + s.shape[s.ndim - tail :]
+    ok = jnp.ones(batch, bool)
     cols = [[None] * m for _ in range(m)]  # cols[i][j] = L_ij
-    zero = jnp.zeros(s.shape[:-2], s.dtype)
+    zero = jnp.zeros(batch, s.dtype)
     for j in range(m):
-        a = s[..., j, j]
+        a = entry(s, j, j, tail)
         for k in range(j):
             a = a - cols[j][k] * cols[j][k]
         good = (a > 0) & jnp.isfinite(a)
@@ -371,7 +418,7 @@ def safe_cholesky(s):
         d = jnp.sqrt(jnp.where(good, a, 1.0))
         cols[j][j] = d
         for i in range(j + 1, m):
-            b = s[..., i, j]
+            b = entry(s, i, j, tail)
             for k in range(j):
                 b = b - cols[i][k] * cols[j][k]
             b = b / d
@@ -380,11 +427,11 @@ def safe_cholesky(s):
             cols[i][j] = jnp.where(fin, b, 0.0)
         for i in range(j):
             cols[i][j] = zero
-    l = jnp.stack([jnp.stack(row, axis=-1) for row in cols], axis=-2)
+    l = jnp.stack([jnp.stack(r, axis=-1 - tail) for r in cols], axis=-2 - tail)
     return l, ok
 
 
-def guard(x):
+def guard(x, tail: int = 0):
     """``(x with non-finite entries set to 0, Σ x)`` — the sum is a finiteness probe.
 
     The replacement is element-wise and the probe is only tested after the scan
@@ -392,9 +439,10 @@ def guard(x):
     inside the loop, which keeps XLA's fused loop fast on CPU (about 10x for n = 2).
     Every value a later operation uses in its derivative is then finite, so with the
     caller masking invalid steps no NaN reaches any gradient. (A sum of finite values
-    that overflows flags the step too, conservatively.)
+    that overflows flags the step too, conservatively.) With ``tail`` trailing batch
+    axes the probe is one per batch entry.
     """
-    return jnp.where(jnp.isfinite(x), x, 0.0), jnp.sum(x)
+    return jnp.where(jnp.isfinite(x), x, 0.0), jnp.sum(x, axis=tuple(range(x.ndim - tail)))
 
 
 # Largest size solved by unrolled substitution rather than LAPACK/XLA: XLA's CPU
@@ -403,15 +451,19 @@ def guard(x):
 SMALL = 8
 
 
-def substitute(a, b, *, lower: bool, transpose: bool = False, unit_diagonal: bool = False):
+def substitute(
+    a, b, *, lower: bool, transpose: bool = False, unit_diagonal: bool = False, tail: int = 0
+):
     """Solve ``op(a) x = b`` for triangular ``a`` (..., r, r), ``b`` (..., r, k).
 
     ``op(a) = aᵀ`` if ``transpose``; ``a`` is lower- (``lower``) or upper-triangular,
     optionally with an implicit unit diagonal. Batch dimensions broadcast. Unrolled
     forward/back substitution for r <= SMALL, ``lax.linalg.triangular_solve`` beyond.
+    With ``tail = 1`` (batch-last, small sizes only): (..., r, r, B) and (..., r, k, B).
     """
-    r = a.shape[-1]
+    r = a.shape[-1 - tail]
     if r > SMALL:
+        assert not tail, "batch-last layout: small matrices only"
         batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a = jnp.broadcast_to(a, batch + a.shape[-2:])
         b = jnp.broadcast_to(b, batch + b.shape[-2:])
@@ -419,24 +471,25 @@ def substitute(a, b, *, lower: bool, transpose: bool = False, unit_diagonal: boo
             a, b, left_side=True, lower=lower, transpose_a=transpose, unit_diagonal=unit_diagonal
         )
 
-    def e(i, j):  # entry (i, j) of op(a), keeping a trailing axis for the k columns
-        return (a[..., j, i] if transpose else a[..., i, j])[..., None]
+    def e(i, j):  # entry (i, j) of op(a), with an axis for the k columns
+        x = entry(a, j, i, tail) if transpose else entry(a, i, j, tail)
+        return jnp.expand_dims(x, -1 - tail)
 
     forward = lower != transpose
     order = range(r) if forward else range(r - 1, -1, -1)
     x = [None] * r
     for i in order:
-        acc = b[..., i, :]
+        acc = row(b, i, tail)
         for j in range(i) if forward else range(i + 1, r):
             acc = acc - e(i, j) * x[j]
         x[i] = acc if unit_diagonal else acc / e(i, i)
-    return jnp.stack(x, axis=-2)
+    return jnp.stack(x, axis=-2 - tail)
 
 
-def tri_solve(l, b, *, transpose: bool = False):
+def tri_solve(l, b, *, transpose: bool = False, tail: int = 0):
     """``l⁻¹ b`` (``l⁻ᵀ b`` if ``transpose``) for lower-triangular ``l`` (..., m, m),
-    ``b`` (..., m, k)."""
-    return substitute(l, b, lower=True, transpose=transpose)
+    ``b`` (..., m, k) (batch-last with ``tail = 1``)."""
+    return substitute(l, b, lower=True, transpose=transpose, tail=tail)
 
 
 def solve(a, b):

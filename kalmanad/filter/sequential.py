@@ -23,6 +23,10 @@ from jax import lax
 
 from kalmanad.filter._common import (
     LOG_2PI,
+    SMALL_MM,
+    columns,
+    diagonal,
+    eye_like,
     first_bad_mask,
     guard,
     mask_missing,
@@ -56,35 +60,38 @@ def setup(ssm: DiscreteSSM, y):
     return ssm, y0, n_obs, ok & ok_y
 
 
-def update(m_p, P_p, H, d, R, y0, n_obs):
+def update(m_p, P_p, H, d, R, y0, n_obs, tail: int = 0):
     """Kalman update in the fused Cholesky form.
 
     Returns ``(m, P, ll, ok, probe)``: ``ok`` is False where ``S`` is not
     positive-definite; ``probe`` is non-finite where an intermediate overflowed (those
     entries were replaced by 0, see ``guard``), so the result and its derivatives are
-    always finite.
+    always finite. With ``tail = 1`` every operand is batch-last (see ``_common``).
     """
-    n = m_p.shape[-1]
-    HP = mm(H, P_p)  # (m, n)
-    S = mm(HP, H.T) + R
-    L, ok = safe_cholesky(S)
-    v = y0 - mv(H, m_p) - d
-    X, p1 = guard(tri_solve(L, jnp.concatenate([HP, v[:, None]], axis=1)))  # L⁻¹[HP⁻, v]
-    W, z = X[:, :n], X[:, n]
-    ll, p2 = guard(-0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L))))
-    m_f, p3 = guard(m_p + mv(W.T, z))
-    P_f, p4 = guard(P_p - mm(W.T, W))
+    n = m_p.shape[-1 - tail]
+    HP = mm(H, P_p, tail)  # (m, n)
+    S = mm(HP, mT(H, tail), tail) + R
+    L, ok = safe_cholesky(S, tail)
+    v = y0 - mv(H, m_p, tail) - d
+    rhs = jnp.concatenate([HP, jnp.expand_dims(v, -1 - tail)], axis=-1 - tail)
+    X, p1 = guard(tri_solve(L, rhs, tail=tail), tail)  # L⁻¹[HP⁻, v]
+    W, z = columns(X, slice(0, n), tail), columns(X, n, tail)
+    quad = jnp.sum(z * z, axis=-1 - tail)
+    logdet = jnp.sum(jnp.log(diagonal(L, tail)), axis=-1)
+    ll, p2 = guard(-0.5 * (n_obs * LOG_2PI + quad) - logdet, tail)
+    m_f, p3 = guard(m_p + mv(mT(W, tail), z, tail), tail)
+    P_f, p4 = guard(P_p - mm(mT(W, tail), W, tail), tail)
     return m_f, P_f, ll, ok, p1 + p2 + p3 + p4
 
 
-def _step(carry, inp):
+def _step(carry, inp, tail: int = 0):
     m, P = carry
     A, b, Q, H, d, R, y0, n_obs = inp
-    m_p, p1 = guard(mv(A, m) + b)
+    m_p, p1 = guard(mv(A, m, tail) + b, tail)
     # guard first, then symmetrise (this order keeps XLA's fast fused loop on CPU)
-    P_p, p2 = guard(mm(mm(A, P), A.T) + Q)
-    P_p = symmetrize(P_p)
-    m_f, P_f, ll, ok, p3 = update(m_p, P_p, H, d, R, y0, n_obs)
+    P_p, p2 = guard(mm(mm(A, P, tail), mT(A, tail), tail) + Q, tail)
+    P_p = symmetrize(P_p, tail)
+    m_f, P_f, ll, ok, p3 = update(m_p, P_p, H, d, R, y0, n_obs, tail)
     return (m_f, P_f), (m_p, P_p, m_f, P_f, flag(ll, ok, p1 + p2 + p3))
 
 
@@ -113,8 +120,11 @@ def finish(ll, ok_in):
     return total, jnp.where(bad, -jnp.inf, ll)
 
 
-def _scan(ssm: DiscreteSSM, y0, n_obs, unroll: int, checkpoint: int | None):
-    """The filter recursion: per-step ``(m⁻, P⁻, m, P, flagged log-likelihood)``."""
+def _scan(ssm: DiscreteSSM, y0, n_obs, unroll: int, checkpoint: int | None, tail: int = 0):
+    """The filter recursion: per-step ``(m⁻, P⁻, m, P, flagged log-likelihood)``.
+
+    Every array has the step axis first (and, with ``tail = 1``, the batch axis last).
+    """
     xs = (
         ssm.transition,
         ssm.offset,
@@ -126,18 +136,19 @@ def _scan(ssm: DiscreteSSM, y0, n_obs, unroll: int, checkpoint: int | None):
         n_obs,
     )
     init = (ssm.initial_mean, ssm.initial_cov)
-    _, out = scan_segments(_step, init, xs, checkpoint=checkpoint, unroll=unroll)
+    step = partial(_step, tail=tail)
+    _, out = scan_segments(step, init, xs, checkpoint=checkpoint, unroll=unroll)
     return out
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _scan_tangent_rule(ssm: DiscreteSSM, y0, n_obs, unroll: int):
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _scan_tangent_rule(ssm: DiscreteSSM, y0, n_obs, unroll: int, tail: int):
     """:func:`_scan` with the derived tangent rule below (reverse mode transposes it)."""
-    return _scan(ssm, y0, n_obs, unroll, None)
+    return _scan(ssm, y0, n_obs, unroll, None, tail)
 
 
 @_scan_tangent_rule.defjvp
-def _scan_tangent_rule_jvp(unroll, primals, tangents):
+def _scan_tangent_rule_jvp(unroll, tail, primals, tangents):
     r"""Tangent (forward-sensitivity) recursion of the filter, derived by hand.
 
     Differentiating one step (``U = H P⁻``, ``S = U Hᵀ + R``, ``α = S⁻¹ v``,
@@ -164,44 +175,56 @@ def _scan_tangent_rule_jvp(unroll, primals, tangents):
     """
     ssm, y0, n_obs = primals
     dssm, dy0, _ = tangents
-    out = _scan_tangent_rule(ssm, y0, n_obs, unroll)
+    out = _scan_tangent_rule(ssm, y0, n_obs, unroll, tail)
     m_p, P_p, m_f, P_f, ll = out
     A, H, d, R = ssm.transition, ssm.observation, ssm.observation_offset, ssm.observation_cov
     dA, db, dQ, dH, dd, dR = dssm[:6]
-    n, m = A.shape[-1], H.shape[-2]
+    n, m = A.shape[-1 - tail], H.shape[-2 - tail]
     dtype = A.dtype
-    valid = ~first_bad_mask(jnp.isfinite(ll))[:, None, None]
+    # valid: (T, *batch), True before the first invalid step (ll is (T, *batch))
+    valid = jnp.moveaxis(~first_bad_mask(jnp.moveaxis(jnp.isfinite(ll), 0, -1)), -1, 0)
 
     def clean(x, finite=True):  # zero from the first invalid step on (and non-finite)
-        keep = valid if x.ndim == 3 else valid[:, 0]
+        core = x.ndim - valid.ndim  # the matrix/vector axes between T and the batch
+        keep = valid.reshape(valid.shape[:1] + (1,) * core + valid.shape[1:])
         return jnp.where(keep & jnp.isfinite(x) if finite else keep, x, 0.0)
+
+    def mm_(a, b):
+        return mm(a, b, tail)
+
+    def mv_(a, x):
+        return mv(a, x, tail)
+
+    def t_(x):
+        return mT(x, tail)
 
     m_prev = jnp.concatenate([ssm.initial_mean[None], m_f[:-1]])
     P_prev = jnp.concatenate([ssm.initial_cov[None], P_f[:-1]])
     # The update's coefficients, recomputed for all steps at once.
-    U = mm(H, P_p)
-    L, _ = safe_cholesky(mm(U, mT(H)) + R)
-    v = y0 - mv(H, m_p) - d
-    eye_m = jnp.broadcast_to(jnp.eye(m, dtype=dtype), (*L.shape[:-2], m, m))
-    X = tri_solve(L, tri_solve(L, jnp.concatenate([U, v[..., None], eye_m], -1)), transpose=True)
-    Kt = clean(X[..., :n])  # S⁻¹ U = Kᵀ  (T, m, n)
-    alpha = clean(X[..., n])  # S⁻¹ v      (T, m)
-    S_inv = clean(X[..., n + 1 :])  # (T, m, m)
-    K = mT(Kt)
-    J = jnp.eye(n, dtype=dtype) - mm(K, H)
-    F = clean(mm(J, A))
-    g = mv(mT(H), alpha)
-    c = clean(mv(mT(A), g))
+    U = mm_(H, P_p)
+    L, _ = safe_cholesky(mm_(U, t_(H)) + R, tail)
+    v = y0 - mv_(H, m_p) - d
+    eye_m = jnp.broadcast_to(eye_like(m, dtype, tail), L.shape)
+    rhs = jnp.concatenate([U, jnp.expand_dims(v, -1 - tail), eye_m], -1 - tail)
+    X = tri_solve(L, tri_solve(L, rhs, tail=tail), transpose=True, tail=tail)
+    Kt = clean(columns(X, slice(0, n), tail))  # S⁻¹ U = Kᵀ  (T, m, n)
+    alpha = clean(columns(X, n, tail))  # S⁻¹ v      (T, m)
+    S_inv = clean(columns(X, slice(n + 1, None), tail))  # (T, m, m)
+    K = t_(Kt)
+    J = eye_like(n, dtype, tail) - mm_(K, H)
+    F = clean(mm_(J, A))
+    g = mv_(t_(H), alpha)
+    c = clean(mv_(t_(A), g))
     # Forcings: everything linear in the model's tangents, for all steps at once.
-    a1 = mv(dA, m_prev) + db
-    dA_P_At = mm(mm(dA, P_prev), mT(A))
-    a2 = dA_P_At + mT(dA_P_At) + dQ
-    dH_Ut = mm(dH, mT(U))
-    s = dH_Ut + mT(dH_Ut) + dR
-    r = dy0 - mv(dH, m_p) - dd
-    P_dHt_Kt = mm(P_p, mm(mT(dH), Kt))
-    E = mm(mm(J, a2), mT(J)) - P_dHt_Kt - mT(P_dHt_Kt) + mm(mm(K, s), Kt)
-    e = mv(J, a1 + mv(a2, g)) + mv(P_p, mv(mT(dH), alpha)) + mv(K, r - mv(s, alpha))
+    a1 = mv_(dA, m_prev) + db
+    dA_P_At = mm_(mm_(dA, P_prev), t_(A))
+    a2 = dA_P_At + t_(dA_P_At) + dQ
+    dH_Ut = mm_(dH, t_(U))
+    s = dH_Ut + t_(dH_Ut) + dR
+    r = dy0 - mv_(dH, m_p) - dd
+    P_dHt_Kt = mm_(P_p, mm_(t_(dH), Kt))
+    E = mm_(mm_(J, a2), t_(J)) - P_dHt_Kt - t_(P_dHt_Kt) + mm_(mm_(K, s), Kt)
+    e = mv_(J, a1 + mv_(a2, g)) + mv_(P_p, mv_(t_(dH), alpha)) + mv_(K, r - mv_(s, alpha))
     # (the forcings are linear in the tangents: masked by step only, a where on their
     # values would not be linear)
     E, e = clean(E, finite=False), clean(e, finite=False)
@@ -209,22 +232,29 @@ def _scan_tangent_rule_jvp(unroll, primals, tangents):
     def step(carry, inp):
         dm, dP = carry
         F_k, c_k, E_k, e_k = inp
-        dm = mv(F_k, dm + mv(dP, c_k)) + e_k
-        dP = mm(mm(F_k, dP), mT(F_k)) + E_k
+        dm = mv_(F_k, dm + mv_(dP, c_k)) + e_k
+        dP = mm_(mm_(F_k, dP), t_(F_k)) + E_k
         return (dm, dP), (dm, dP)
 
     init = (dssm.initial_mean, dssm.initial_cov)
     _, (dm_f, dP_f) = lax.scan(step, init, (F, c, E, e), unroll=unroll)
     dm_prev = jnp.concatenate([init[0][None], dm_f[:-1]])
     dP_prev = jnp.concatenate([init[1][None], dP_f[:-1]])
-    dm_p = mv(A, dm_prev) + a1
-    dP_p = mm(mm(A, dP_prev), mT(A)) + a2
-    dS = mm(mm(H, dP_p), mT(H)) + s
-    dv = r - mv(H, dm_p)
-    quad = alpha[..., :, None] * alpha[..., None, :] - S_inv
-    dll = 0.5 * jnp.sum(quad * dS, axis=(-2, -1)) - jnp.sum(alpha * dv, axis=-1)
-    dll = jnp.where(valid[:, 0, 0], dll, 0.0)
+    dm_p = mv_(A, dm_prev) + a1
+    dP_p = mm_(mm_(A, dP_prev), t_(A)) + a2
+    dS = mm_(mm_(H, dP_p), t_(H)) + s
+    dv = r - mv_(H, dm_p)
+    quad = jnp.expand_dims(alpha, -1 - tail) * jnp.expand_dims(alpha, -2 - tail) - S_inv
+    dll = 0.5 * jnp.sum(quad * dS, axis=(-2 - tail, -1 - tail))
+    dll = dll - jnp.sum(alpha * dv, axis=-1 - tail)
+    dll = jnp.where(valid, dll, 0.0)
     return out, (dm_p, dP_p, dm_f, dP_f, dll)
+
+
+def _core(ssm: DiscreteSSM, y0, n_obs, unroll: int, checkpoint: int | None, tail: int):
+    if checkpoint is None:
+        return _scan_tangent_rule(ssm, y0, n_obs, unroll, tail)
+    return _scan(ssm, y0, n_obs, unroll, checkpoint, tail)
 
 
 @partial(jax.jit, static_argnames=("unroll", "checkpoint"))
@@ -246,9 +276,42 @@ def filter_sequential(
     ssm, y0, n_obs, ok_in = setup(ssm, y)
     if unroll is None:
         unroll = 1 if ssm.transition.shape[-1] == 1 else 4
-    if checkpoint is None:
-        m_p, P_p, m_f, P_f, ll = _scan_tangent_rule(ssm, y0, n_obs, unroll)
-    else:
-        m_p, P_p, m_f, P_f, ll = _scan(ssm, y0, n_obs, unroll, checkpoint)
+    m_p, P_p, m_f, P_f, ll = _core(ssm, y0, n_obs, unroll, checkpoint, 0)
     total, pointwise = finish(ll, ok_in)
+    return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
+
+
+# Batch-last filtering pays off for panels of at least this many subjects (below, the
+# transposes cost more than the vectorised products save).
+BATCH_LAST_MIN = 8
+
+
+def batch_last_applies(n: int, m: int, batch: int) -> bool:
+    """Whether :func:`filter_sequential_panel` handles this panel (small matrices only)."""
+    return batch >= BATCH_LAST_MIN and max(n, m) <= SMALL_MM
+
+
+@partial(jax.jit, static_argnames=("unroll", "checkpoint"))
+def filter_sequential_panel(
+    ssm: DiscreteSSM, y, *, unroll: int = 1, checkpoint: int | None = None
+) -> FilterResult:
+    """:func:`filter_sequential` of a panel, in the batch-last layout.
+
+    ``ssm`` fields and ``y`` (B, T, m) carry one leading subject axis (every field
+    broadcast to it). The per-subject guards run batch-first (under ``vmap``); the
+    recursion and its tangent rule run on (T, ..., B) arrays, so every element-wise
+    product of the small matrices is a contiguous length-B vector operation (see
+    ``_common``). Same results as ``vmap(filter_sequential)``, to rounding.
+    """
+    ssm, y0, n_obs, ok_in = jax.vmap(setup)(ssm, y)
+
+    def last(x):  # (B, T, ...) -> (T, ..., B); (B, ...) -> (..., B)
+        return jnp.moveaxis(x, 0, -1)
+
+    def first(x):  # (T, ..., B) -> (B, T, ...)
+        return jnp.moveaxis(x, -1, 0)
+
+    out = _core(jax.tree.map(last, ssm), last(y0), last(n_obs), unroll, checkpoint, 1)
+    m_p, P_p, m_f, P_f, ll = (first(x) for x in out)
+    total, pointwise = jax.vmap(finish)(ll, ok_in)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
