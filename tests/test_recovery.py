@@ -65,9 +65,42 @@ SIMULATED_TRUTH = {
 }
 
 
+def _family_wise_misses(idata, truth, level=0.95):
+    """The true values outside their central posterior intervals, at family-wise level.
+
+    Each scalar parameter checked gets the central ``1 − (1 − level)/K`` interval
+    (Bonferroni over the K scalars), so a calibrated posterior misses any of them with
+    probability at most ``1 − level``. With plain 95% intervals a calibrated posterior
+    misses one of K = 16 parameters (the hierarchical model) with probability
+    1 − 0.95¹⁶ = 56%. Entries whose draws are all equal (the unit diagonal of a
+    correlation matrix) are fixed by construction, not estimated, and are skipped.
+    Returns ``(misses, K)``.
+    """
+    checks = []
+    for site, value in truth.items():
+        if site not in idata.posterior:
+            continue
+        draws = idata.posterior[site].values
+        draws = draws.reshape(-1, int(np.prod(draws.shape[2:], dtype=int)))
+        value = np.broadcast_to(np.asarray(value, float), idata.posterior[site].shape[2:])
+        for j, v in enumerate(value.ravel()):
+            col = draws[:, j]
+            if np.ptp(col) > 0:
+                checks.append((f"{site}[{j}]" if value.ndim else site, col, v))
+    k = len(checks)
+    alpha = (1.0 - level) / k
+    misses = []
+    for name, col, v in checks:
+        lo, hi = np.quantile(col, [alpha / 2, 1 - alpha / 2])
+        if not lo < v < hi:
+            misses.append((name, float(lo), float(hi), float(v), float(np.mean(col < v))))
+    return misses, k
+
+
 @pytest.mark.parametrize("name", ["ou", "sho", "ctvar", "panel_ctvar"])
 def test_parameter_recovery_on_simulated_data(name):
-    """Truth inside the central 95% posterior interval; no divergences (default priors).
+    """Truth inside the family-wise 95% posterior intervals; no divergences (default
+    priors).
 
     Models with simulated bundled data are fitted to them (their truth is recorded in
     the spec); the others to data simulated here from SIMULATED_TRUTH.
@@ -93,17 +126,9 @@ def test_parameter_recovery_on_simulated_data(name):
         assert truth, f"{name} has no recorded truth"
         idata = _fit(spec, warmup=400, draws=400, chains=2, seed=1)
     assert int(idata.sample_stats["diverging"].values.sum()) == 0
-    checked = 0
-    for site, value in truth.items():
-        if site not in idata.posterior:
-            continue
-        draws = idata.posterior[site].values
-        draws = draws.reshape(-1, *draws.shape[2:])
-        value = np.broadcast_to(np.asarray(value, float), draws.shape[1:])
-        lo, hi = np.quantile(draws, [0.025, 0.975], axis=0)
-        assert np.all((lo < value) & (value < hi)), (site, lo, hi, value)
-        checked += 1
+    misses, checked = _family_wise_misses(idata, truth)
     assert checked >= 2
+    assert not misses, misses
 
 
 def test_no_divergences_on_real_data():
