@@ -57,7 +57,7 @@ def entry(x, i, j, tail: int = 0):
 
 def row(x, i, tail: int = 0):
     """Row i of each matrix of ``x`` (..., r, c, *tail)."""
-    return x[(Ellipsis, i, slice(None)) + (slice(None),) * tail] if tail else x[..., i, :]
+    return x[(Ellipsis, i, slice(None)) + (slice(None),) * tail]
 
 
 def columns(x, cols, tail: int = 0):

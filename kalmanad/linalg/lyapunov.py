@@ -371,6 +371,31 @@ def _natively_batched(fun):
     return wrapped
 
 
+def _sign_step(ak, dist):
+    """One scaled Newton step of the ``A`` block (see :func:`_sign_iteration`).
+
+    Returns ``(inv, mu, a_new, dist_new, stop)``: ``A⁻¹``, the scaling μ (...,), the
+    next ``A``, its distance ``‖A + I‖₁`` and the stopping test of each matrix.
+    """
+    n = ak.shape[-1]
+    tol = 10 * n * jnp.finfo(ak.dtype).eps
+    inv, log_det = _inverse(ak)
+    # Scaling speeds up the first steps; near −I it would only perturb the quadratic
+    # convergence (Higham, Functions of Matrices, §5.5).
+    mu = jnp.where(dist > 1e-2, jnp.exp(-log_det / n), 1.0)
+    a_new = 0.5 * (mu[..., None, None] * ak + inv / mu[..., None, None])
+    dist_new = _norm1(a_new + jnp.eye(n, dtype=ak.dtype))
+    change = _norm1(a_new - ak)
+    stop = (dist_new <= tol) | (change <= tol * _norm1(a_new)) | ~jnp.isfinite(dist_new)
+    return inv, mu, a_new, dist_new, stop
+
+
+def _sign_c_step(c, inv, mu):
+    """The ``C`` block's step: ``(μ C + A⁻¹ C A⁻ᵀ/μ)/2``."""
+    mu = mu[..., None, None]
+    return 0.5 * (mu * c + inv @ c @ _mT(inv) / mu)
+
+
 def _sign_iteration(a, q):
     """Scaled Newton iteration for ``sign([[a, −q], [0, −aᵀ]]) = [[−I, 2X], [0, I]]``.
 
@@ -385,10 +410,6 @@ def _sign_iteration(a, q):
     ``‖S + I‖₁ >= 2``), so it is False where ``a`` is not stable, has eigenvalues on the
     imaginary axis, for NaN input, or after ``_MAX_SIGN_ITER`` steps.
     """
-    n = a.shape[-1]
-    dtype = a.dtype
-    tol = 10 * n * jnp.finfo(dtype).eps
-    eye = jnp.eye(n, dtype=dtype)
     batch = a.shape[:-2]
 
     def cond(state):
@@ -397,25 +418,17 @@ def _sign_iteration(a, q):
 
     def body(state):
         k, ak, ck, dist, done = state
-        inv, log_det = _inverse(ak)
-        # Scaling speeds up the first steps; near −I it would only perturb the
-        # quadratic convergence (Higham, Functions of Matrices, §5.5).
-        mu = jnp.where(dist > 1e-2, jnp.exp(-log_det / n), 1.0)[..., None, None]
-        a_new = 0.5 * (mu * ak + inv / mu)
-        c_new = 0.5 * (mu * ck + inv @ ck @ _mT(inv) / mu)
-        dist_new = _norm1(a_new + eye)
-        change = _norm1(a_new - ak)
-        stop = (dist_new <= tol) | (change <= tol * _norm1(a_new)) | ~jnp.isfinite(dist_new)
+        inv, mu, a_new, dist_new, stop = _sign_step(ak, dist)
         keep = done[..., None, None]
         return (
             k + 1,
             jnp.where(keep, ak, a_new),
-            jnp.where(keep, ck, c_new),
+            jnp.where(keep, ck, _sign_c_step(ck, inv, mu)),
             jnp.where(done, dist, dist_new),
             done | stop,
         )
 
-    init = (0, a, -q, jnp.full(batch, jnp.inf, dtype), jnp.zeros(batch, bool))
+    init = (0, a, -q, jnp.full(batch, jnp.inf, a.dtype), jnp.zeros(batch, bool))
     _, _, c, dist, done = lax.while_loop(cond, body, init)
     return 0.5 * c, done & (dist < 1.0)
 
@@ -433,13 +446,11 @@ def _sign_factors_impl(a):
     and ``scales`` (..., M) hold ``A_k⁻¹`` and ``μ_k`` of step k (M = _MAX_SIGN_ITER),
     ``live`` (..., M) whether the matrix was still iterating at step k, ``steps`` (...,)
     the number of steps the batch took (the same for every matrix) and ``converged``
-    (...,) as :func:`_sign_iteration` reports it. The stopping rule, the scaling and
-    every value are those of :func:`_sign_iteration`.
+    (...,) as :func:`_sign_iteration` reports it. Both take the same steps
+    (:func:`_sign_step`), so every recorded value is the one :func:`_sign_iteration`
+    uses.
     """
     n = a.shape[-1]
-    dtype = a.dtype
-    tol = 10 * n * jnp.finfo(dtype).eps
-    eye = jnp.eye(n, dtype=dtype)
     batch = a.shape[:-2]
     m = _MAX_SIGN_ITER
 
@@ -448,14 +459,8 @@ def _sign_factors_impl(a):
         return (k < m) & ~jnp.all(done)
 
     def body(state):
-        k, ak, dist, done, record = state
-        inverses, scales, live = record
-        inv, log_det = _inverse(ak)
-        mu = jnp.where(dist > 1e-2, jnp.exp(-log_det / n), 1.0)
-        a_new = 0.5 * (mu[..., None, None] * ak + inv / mu[..., None, None])
-        dist_new = _norm1(a_new + eye)
-        change = _norm1(a_new - ak)
-        stop = (dist_new <= tol) | (change <= tol * _norm1(a_new)) | ~jnp.isfinite(dist_new)
+        k, ak, dist, done, (inverses, scales, live) = state
+        inv, mu, a_new, dist_new, stop = _sign_step(ak, dist)
         record = (
             lax.dynamic_update_index_in_dim(inverses, inv, k, axis=inverses.ndim - 3),
             lax.dynamic_update_index_in_dim(scales, mu, k, axis=scales.ndim - 1),
@@ -471,11 +476,11 @@ def _sign_factors_impl(a):
         )
 
     record = (
-        jnp.zeros((*batch, m, n, n), dtype),
-        jnp.ones((*batch, m), dtype),
+        jnp.zeros((*batch, m, n, n), a.dtype),
+        jnp.ones((*batch, m), a.dtype),
         jnp.zeros((*batch, m), bool),
     )
-    init = (0, a, jnp.full(batch, jnp.inf, dtype), jnp.zeros(batch, bool), record)
+    init = (0, a, jnp.full(batch, jnp.inf, a.dtype), jnp.zeros(batch, bool), record)
     steps, _, dist, done, (inverses, scales, live) = lax.while_loop(cond, body, init)
     steps = jnp.full(batch, steps, jnp.int32)
     return inverses, scales, live, steps, done & (dist < 1.0)
@@ -484,21 +489,17 @@ def _sign_factors_impl(a):
 def _sign_replay(factors, q, transpose: bool):
     """:func:`_sign_iteration` for the right-hand side ``q`` from recorded factors.
 
-    Only the ``C`` recursion runs: ``C ← (μ C + A⁻¹ C A⁻ᵀ/μ)/2`` with the recorded
-    ``A⁻¹`` and ``μ``. With ``transpose`` it solves the equation of ``aᵀ``, whose
-    iterates are the transposes (``A⁻ᵀ C A⁻¹``). Returns ``(X, converged)``.
+    Only the ``C`` recursion runs (:func:`_sign_c_step`) with the recorded ``A⁻¹`` and
+    ``μ``. With ``transpose`` it solves the equation of ``aᵀ``, whose iterates are the
+    transposes (``A⁻ᵀ C A⁻¹``). Returns ``(X, converged)``.
     """
     inverses, scales, live, steps, converged = factors
-    axis = inverses.ndim - 3
 
     def body(k, c):
-        inv = lax.dynamic_index_in_dim(inverses, k, axis=axis, keepdims=False)
-        if transpose:
-            inv = _mT(inv)
+        inv = lax.dynamic_index_in_dim(inverses, k, axis=inverses.ndim - 3, keepdims=False)
         mu = lax.dynamic_index_in_dim(scales, k, axis=scales.ndim - 1, keepdims=False)
-        mu = mu[..., None, None]
-        c_new = 0.5 * (mu * c + inv @ c @ _mT(inv) / mu)
         on = lax.dynamic_index_in_dim(live, k, axis=live.ndim - 1, keepdims=False)
+        c_new = _sign_c_step(c, _mT(inv) if transpose else inv, mu)
         return jnp.where(on[..., None, None], c_new, c)
 
     c = lax.fori_loop(0, jnp.max(steps, initial=0), body, -q)
@@ -626,18 +627,19 @@ def _sign_factors(a):
     return _sign_factors_impl(a)
 
 
-@_natively_batched
-def _replayed_solve(a, inverses, scales, live, steps, converged, q):
-    factors = (inverses, scales, live, steps, converged)
-    return _refine_and_fall_back(
-        a, q, lambda _, r: _sign_replay(factors, r, transpose=False), discrete=False
-    )
+def _replayed(transpose: bool):
+    """``solve(a, *factors, q)`` from factors recorded for ``a`` (``transpose``: for the
+    equation of ``aᵀ``, which the caller passes as ``a``), natively batched."""
+
+    @_natively_batched
+    def solve(a, inverses, scales, live, steps, converged, q):
+        factors = (inverses, scales, live, steps, converged)
+        return _refine_and_fall_back(
+            a, q, lambda _, r: _sign_replay(factors, r, transpose), discrete=False
+        )
+
+    return solve
 
 
-@_natively_batched
-def _replayed_transpose_solve(a_t, inverses, scales, live, steps, converged, q):
-    """Solve the equation of ``a_t = aᵀ`` from the factors recorded for ``a``."""
-    factors = (inverses, scales, live, steps, converged)
-    return _refine_and_fall_back(
-        a_t, q, lambda _, r: _sign_replay(factors, r, transpose=True), discrete=False
-    )
+_replayed_solve = _replayed(transpose=False)
+_replayed_transpose_solve = _replayed(transpose=True)
