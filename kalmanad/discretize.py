@@ -395,47 +395,79 @@ def _safe_compose(x: _Triple, y: _Triple):
     return safe(_compose(safe(x), safe(y))), ok
 
 
-def _tables(unit: _Triple):
-    """T[d, i] = E(d B^i u) for d < B, i < D, from E(u) (single matrices, no step axis).
+def _prefix_tables(units: _Triple, units_ok, doubled: _Triple, doubled_ok):
+    """T[d] = E(d u) for d < B, for one unit u or a stack of them, and their flags.
 
-    The level units E(B^i u) come from log₂B self-compositions each, then all levels grow
-    together, T[d] = T[d-1] ∘ E(B^i u): two short scans, a small graph for every order of
-    differentiation. Returns the tables and a (B, D) flag of entries that did not overflow
-    (an unstable drift overflows at long lengths; see :func:`_safe_compose`).
+    ``doubled`` = E(2ᵏ u) stacked over k < log₂B (``doubled_ok`` their flags). Prefix
+    doubling: from T[d], d < 2ᵏ, the entries T[d + 2ᵏ] = T[d] ∘ E(2ᵏ u) all at once, so
+    log₂B - 1 batched compositions instead of B - 1 sequential ones (the flow is a
+    commutative semigroup). One scan of fixed-size tables, so the composition's code is
+    compiled once.
     """
+    n = units.ad.shape[-1]
+    dtype = units.ad.dtype
+    lead = units.ad.shape[:-2]
+    first = jnp.arange(_TABLE_BASE).reshape((-1,) + (1,) * len(lead)) == 1
+    eye = jnp.eye(n, dtype=dtype)
+
+    def fill(ident, unit):  # [ident, unit, ident, …]: the entries d < 2 filled
+        return jnp.where(first[..., None, None], unit[None], ident)
+
+    table = _Triple(fill(eye, units.ad), fill(0.0, units.qd), fill(0.0, units.fd))
+    table = _Triple(*(jnp.broadcast_to(x, (_TABLE_BASE, *lead, *x.shape[-2:])) for x in table))
+    ok = jnp.broadcast_to(~first | units_ok, (_TABLE_BASE, *lead))
+    entry = jnp.arange(_TABLE_BASE)
+
+    def grow(carry, level):
+        table, ok = carry
+        k, step, step_ok = level
+        half = 2**k
+        src = jnp.clip(entry - half, 0, _TABLE_BASE - 1)
+        new = (entry >= half) & (entry < 2 * half)
+        more, more_ok = _safe_compose(
+            _Triple(*(x[src] for x in table)), _Triple(*(x[None] for x in step))
+        )
+        keep = new.reshape((-1,) + (1,) * len(lead))
+        table = _Triple(
+            *(jnp.where(keep[..., None, None], y, x) for x, y in zip(table, more, strict=True))
+        )
+        ok = jnp.where(keep, more_ok & ok[src] & step_ok, ok)
+        return (table, ok), None
+
     log2b = int(np.log2(_TABLE_BASE))
+    levels = (
+        jnp.arange(1, log2b),
+        _Triple(*(x[1:log2b] for x in doubled)),
+        doubled_ok[1:log2b],
+    )
+    return lax.scan(grow, (table, ok), levels)[0]
+
+
+def _doublings(unit: _Triple, ok, count: int):
+    """E(2ᵏ u) for k < count, stacked, and their flags: one scan of self-compositions."""
 
     def double(carry, _):
         x, ok = carry
         y, ok_y = _safe_compose(x, x)
-        return (y, ok & ok_y), (y, ok & ok_y)
+        return (y, ok & ok_y), (x, ok)
 
-    # One flat scan of (D-1) log₂B doublings; every log₂B-th is a level unit. (A scan
-    # nested in a scan compiled, and transposed, to twice the code.)
-    _, (doubled, doubled_ok) = lax.scan(
-        double, (unit, jnp.asarray(True)), None, length=(_TABLE_DIGITS - 1) * log2b
-    )
-    pick = slice(log2b - 1, None, log2b)
-    units = _Triple(
-        *(jnp.concatenate([x[None], y[pick]]) for x, y in zip(unit, doubled, strict=True))
-    )
-    units_ok = jnp.concatenate([jnp.ones((1,), bool), doubled_ok[pick]])
-    n, r = unit.fd.shape[-2:]
-    dtype = unit.ad.dtype
-    ident = _Triple(
-        jnp.broadcast_to(jnp.eye(n, dtype=dtype), (_TABLE_DIGITS, n, n)),
-        jnp.zeros((_TABLE_DIGITS, n, n), dtype),
-        jnp.zeros((_TABLE_DIGITS, n, r), dtype),
-    )
+    _, (chain, chain_ok) = lax.scan(double, (unit, ok), None, length=count)
+    return chain, chain_ok
 
-    def grow(carry, _):
-        prev, ok_prev = carry
-        nxt, ok = _safe_compose(prev, units)
-        return (nxt, ok & ok_prev), (nxt, ok & ok_prev)
 
-    _, (rest, rest_ok) = lax.scan(grow, (ident, units_ok), None, length=_TABLE_BASE - 1)
-    tables = _Triple(*(jnp.concatenate([x[None], y]) for x, y in zip(ident, rest, strict=True)))
-    return tables, jnp.concatenate([jnp.ones((1, _TABLE_DIGITS), bool), rest_ok])
+def _high_tables(unit: _Triple, ok):
+    """Tables of the levels i = 1 … D-1, T_i[d] = E(d Bⁱ H): (B, D-1, ...) and flags.
+
+    ``unit`` = E(B H), the unit of level 1. The doublings E(2ʲ H) for j ≥ log₂B are one
+    flat scan; every log₂B-th is a level unit.
+    """
+    log2b = int(np.log2(_TABLE_BASE))
+    chain, chain_ok = _doublings(unit, ok, (_TABLE_DIGITS - 1) * log2b)
+    # chain[j] = E(2^(log₂B + j) H): the units of levels 1 … D-1 and their doublings
+    shape = (_TABLE_DIGITS - 1, log2b)
+    chain = _Triple(*(jnp.swapaxes(x.reshape(shape + x.shape[1:]), 0, 1) for x in chain))
+    chain_ok = chain_ok.reshape(shape).T
+    return _prefix_tables(_Triple(*(x[0] for x in chain)), chain_ok[0], chain, chain_ok)
 
 
 def _van_loan(a, q, w, dt, base: str):
@@ -445,11 +477,15 @@ def _van_loan(a, q, w, dt, base: str):
     0 ≤ ρ < H. E(ρ) comes from the base evaluator (shared power series, or the block
     exponential), E(mH) from shared tables T_i[d] = E(d B^i H) (d < B) indexed by the
     base-B digits of m: E(Δ) = E(ρ) ∘ T_0[d_0] ∘ … ∘ T_{D-1}[d_{D-1}]. The tables depend
-    on A, not on the steps: about (B + D log₂B) compositions of single matrices, built
-    once. Per step the cost is one base evaluation and one composition, plus D-1 more
-    compositions only when some step has ‖A‖Δ ≥ Bθ — a ``cond`` on the whole batch, so
-    under ``vmap`` over drifts both branches run. No loop depends on the data, so reverse
-    mode stores no padded levels. Steps with m ≥ B^D (‖A‖Δ ≥ 2^20 θ) are not covered and
+    on A, not on the steps, and are built once: level 0 from log₂B + 1 doublings of E(H)
+    and log₂B - 1 batched prefix compositions (:func:`_prefix_tables`); the levels
+    above, and the D-1 compositions per step with them, only when some step has
+    ‖A‖Δ ≥ Bθ — a ``cond`` on the whole batch, so under ``vmap`` over drifts both
+    branches run. (Every level built by B - 1 sequential compositions, as before, made
+    the SHO's discretisation value and gradient 2.6 ms at T = 2000 against 2.1 ms now,
+    on 2 CPU cores.) Per step
+    the cost is one base evaluation and one composition. No loop depends on the data,
+    so reverse mode stores no padded levels. Steps with m ≥ B^D (‖A‖Δ ≥ 2^20 θ) are not covered and
     come out NaN.
     """
     dtype = a.dtype
@@ -464,31 +500,35 @@ def _van_loan(a, q, w, dt, base: str):
     def digit(i):
         return (jnp.floor(m / float(_TABLE_BASE**i)) % _TABLE_BASE).astype(jnp.int32)
 
-    def gather(i):
-        return _Triple(*(x[digit(i), i] for x in tables))
-
     # The base length and the remainders in one evaluation (one copy of its code).
     both = evaluate(jnp.concatenate([jnp.reshape(h_base, (1,)).astype(dtype), rho]))
-    tables, table_ok = _tables(_Triple(*(x[0] for x in both)))
+    unit = _Triple(*(x[0] for x in both))
+    log2b = int(np.log2(_TABLE_BASE))
+    # E(2ᵏ H) for k ≤ log₂B: level 0's doublings, and level 1's unit E(B H)
+    doubled, doubled_ok = _doublings(unit, jnp.asarray(True), log2b + 1)
+    table0, table0_ok = _prefix_tables(unit, jnp.asarray(True), doubled, doubled_ok)
     # Digit 0 alone cannot overflow (‖E(Δ)‖ ≤ e^{‖A‖Δ} with ‖A‖Δ < Bθ ≤ 64).
-    out = _compose(_Triple(*(x[1:] for x in both)), gather(0))
-    valid = covered
-    for i in range(_TABLE_DIGITS):
-        valid = valid & table_ok[digit(i), i]
+    d0 = digit(0)
+    out = _compose(_Triple(*(x[1:] for x in both)), _Triple(*(x[d0] for x in table0)))
+    valid = covered & table0_ok[d0]
 
     def high_digits(args):
+        out, valid = args
+        tables, tables_ok = _high_tables(_Triple(*(x[-1] for x in doubled)), doubled_ok[-1])
+
         def step(carry, level):
             out, valid = carry
-            table, d = level
+            table, table_ok, d = level
             out, ok = _safe_compose(out, _Triple(*(x[d] for x in table)))
-            return (out, valid & ok), None
+            return (out, valid & ok & table_ok[d]), None
 
         # A scan over the D-1 higher levels: one copy of the composition's code.
-        levels = _Triple(*(jnp.moveaxis(x[:, 1:], 1, 0) for x in tables))
+        levels = _Triple(*(jnp.moveaxis(x, 1, 0) for x in tables))
         digits = jnp.stack([digit(i) for i in range(1, _TABLE_DIGITS)])
-        return lax.scan(step, args, (levels, digits))[0]
+        return lax.scan(step, (out, valid), (levels, tables_ok.T, digits))[0]
 
-    # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: skip them when none is.
+    # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: the tables of those
+    # levels are built, and composed, only when some step needs them.
     out, valid = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda args: args, (out, valid))
     bad = ~valid[:, None, None]
     return tuple(jnp.where(bad, jnp.nan, x) for x in out)
