@@ -204,6 +204,7 @@ def _require_stable(a, what: str, hint: str) -> None:
 # ---------------------------------------------------------------------------------------
 _TABLE_BASE = 32  # B: entries per table
 _TABLE_DIGITS = 4  # D: tables; steps up to B^D base lengths are covered
+_TABLE_LOG2B = int(np.log2(_TABLE_BASE))
 
 
 def _theta(dtype) -> float:
@@ -434,25 +435,25 @@ def _prefix_tables(units: _Triple, units_ok, doubled: _Triple, doubled_ok):
         ok = jnp.where(keep, more_ok & ok[src] & step_ok, ok)
         return (table, ok), None
 
-    log2b = int(np.log2(_TABLE_BASE))
     levels = (
-        jnp.arange(1, log2b),
-        _Triple(*(x[1:log2b] for x in doubled)),
-        doubled_ok[1:log2b],
+        jnp.arange(1, _TABLE_LOG2B),
+        _Triple(*(x[1:_TABLE_LOG2B] for x in doubled)),
+        doubled_ok[1:_TABLE_LOG2B],
     )
     return lax.scan(grow, (table, ok), levels)[0]
 
 
 def _doublings(unit: _Triple, ok, count: int):
-    """E(2ᵏ u) for k < count, stacked, and their flags: one scan of self-compositions."""
+    """E(2ᵏ u) for k < count, stacked, and their flags: count - 1 self-compositions."""
 
     def double(carry, _):
         x, ok = carry
         y, ok_y = _safe_compose(x, x)
-        return (y, ok & ok_y), (x, ok)
+        return (y, ok & ok_y), (y, ok & ok_y)
 
-    _, (chain, chain_ok) = lax.scan(double, (unit, ok), None, length=count)
-    return chain, chain_ok
+    _, (chain, chain_ok) = lax.scan(double, (unit, ok), None, length=count - 1)
+    chain = _Triple(*(jnp.concatenate([x[None], y]) for x, y in zip(unit, chain, strict=True)))
+    return chain, jnp.concatenate([jnp.broadcast_to(ok, (1,)), chain_ok])
 
 
 def _high_tables(unit: _Triple, ok):
@@ -461,10 +462,9 @@ def _high_tables(unit: _Triple, ok):
     ``unit`` = E(B H), the unit of level 1. The doublings E(2ʲ H) for j ≥ log₂B are one
     flat scan; every log₂B-th is a level unit.
     """
-    log2b = int(np.log2(_TABLE_BASE))
-    chain, chain_ok = _doublings(unit, ok, (_TABLE_DIGITS - 1) * log2b)
+    chain, chain_ok = _doublings(unit, ok, (_TABLE_DIGITS - 1) * _TABLE_LOG2B)
     # chain[j] = E(2^(log₂B + j) H): the units of levels 1 … D-1 and their doublings
-    shape = (_TABLE_DIGITS - 1, log2b)
+    shape = (_TABLE_DIGITS - 1, _TABLE_LOG2B)
     chain = _Triple(*(jnp.swapaxes(x.reshape(shape + x.shape[1:]), 0, 1) for x in chain))
     chain_ok = chain_ok.reshape(shape).T
     return _prefix_tables(_Triple(*(x[0] for x in chain)), chain_ok[0], chain, chain_ok)
@@ -477,16 +477,15 @@ def _van_loan(a, q, w, dt, base: str):
     0 ≤ ρ < H. E(ρ) comes from the base evaluator (shared power series, or the block
     exponential), E(mH) from shared tables T_i[d] = E(d B^i H) (d < B) indexed by the
     base-B digits of m: E(Δ) = E(ρ) ∘ T_0[d_0] ∘ … ∘ T_{D-1}[d_{D-1}]. The tables depend
-    on A, not on the steps, and are built once: level 0 from log₂B + 1 doublings of E(H)
-    and log₂B - 1 batched prefix compositions (:func:`_prefix_tables`); the levels
-    above, and the D-1 compositions per step with them, only when some step has
-    ‖A‖Δ ≥ Bθ — a ``cond`` on the whole batch, so under ``vmap`` over drifts both
-    branches run. (Every level built by B - 1 sequential compositions, as before, made
-    the SHO's discretisation value and gradient 2.6 ms at T = 2000 against 2.1 ms now,
-    on 2 CPU cores.) Per step
-    the cost is one base evaluation and one composition. No loop depends on the data,
-    so reverse mode stores no padded levels. Steps with m ≥ B^D (‖A‖Δ ≥ 2^20 θ) are not covered and
-    come out NaN.
+    on A, not on the steps, and are built once: level 0 from log₂B doublings of E(H) and
+    log₂B - 1 batched prefix compositions (:func:`_prefix_tables`); the levels above,
+    and the D-1 compositions per step with them, only when some step has ‖A‖Δ ≥ Bθ — a
+    ``cond`` on the whole batch, so under ``vmap`` over drifts both branches run. (Every
+    level built by B - 1 sequential compositions, as before, made the SHO's
+    discretisation value and gradient 2.6 ms at T = 2000 against 2.1 ms now, on 2 CPU
+    cores.) Per step the cost is one base evaluation and one composition. No loop
+    depends on the data, so reverse mode stores no padded levels. Steps with m ≥ B^D
+    (‖A‖Δ ≥ 2^20 θ) are not covered and come out NaN.
     """
     dtype = a.dtype
     evaluate = _series_evaluator(a, q, w) if base == "series" else _block_evaluator(a, q, w)
@@ -503,9 +502,8 @@ def _van_loan(a, q, w, dt, base: str):
     # The base length and the remainders in one evaluation (one copy of its code).
     both = evaluate(jnp.concatenate([jnp.reshape(h_base, (1,)).astype(dtype), rho]))
     unit = _Triple(*(x[0] for x in both))
-    log2b = int(np.log2(_TABLE_BASE))
     # E(2ᵏ H) for k ≤ log₂B: level 0's doublings, and level 1's unit E(B H)
-    doubled, doubled_ok = _doublings(unit, jnp.asarray(True), log2b + 1)
+    doubled, doubled_ok = _doublings(unit, jnp.asarray(True), _TABLE_LOG2B + 1)
     table0, table0_ok = _prefix_tables(unit, jnp.asarray(True), doubled, doubled_ok)
     # Digit 0 alone cannot overflow (‖E(Δ)‖ ≤ e^{‖A‖Δ} with ‖A‖Δ < Bθ ≤ 64).
     d0 = digit(0)
