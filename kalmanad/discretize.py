@@ -310,10 +310,14 @@ def _series_evaluator(a, q, w):
 
     def power(carry, _):
         p_j, c_j, e_j = carry
-        return (_matmul(at, p_j), _matmul(at, c_j) + _matmul(c_j, at.T), _matmul(at, e_j)), carry
+        # One product per term: Ã [Ãʲ, C̃_j, ÃʲW]. C̃_j is exactly symmetric (C̃_0 = sym(GGᵀ)
+        # and X + Xᵀ is), so C̃_j Ãᵀ = (Ã C̃_j)ᵀ.
+        prod = _matmul(at, jnp.concatenate([p_j, c_j, e_j], axis=1))
+        ac = prod[:, n : 2 * n]
+        return (prod[:, :n], ac + ac.T, prod[:, 2 * n :]), carry
 
     eye = jnp.eye(n, dtype=dtype)
-    _, (pw, cw, ew) = lax.scan(power, (eye, q, w), None, length=deg + 1)
+    _, (pw, cw, ew) = lax.scan(power, (eye, _sym(q), w), None, length=deg + 1)
     pw_t = pw.reshape(deg + 1, n * n).T
     qe_t = jnp.concatenate([cw.reshape(deg + 1, n * n), ew.reshape(deg + 1, n * r)], axis=1).T
 
