@@ -19,7 +19,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from kalmanad.filter._common import (
     LOG_2PI,
@@ -29,6 +28,7 @@ from kalmanad.filter._common import (
     eye_like,
     first_bad_mask,
     guard,
+    inline_scan,
     mask_missing,
     mm,
     mT,
@@ -237,7 +237,7 @@ def _scan_tangent_rule_jvp(unroll, tail, primals, tangents):
         return (dm, dP), (dm, dP)
 
     init = (dssm.initial_mean, dssm.initial_cov)
-    _, (dm_f, dP_f) = lax.scan(step, init, (F, c, E, e), unroll=unroll)
+    _, (dm_f, dP_f) = inline_scan(step, init, (F, c, E, e), unroll=unroll)
     dm_prev = jnp.concatenate([init[0][None], dm_f[:-1]])
     dP_prev = jnp.concatenate([init[1][None], dP_f[:-1]])
     dm_p = mv_(A, dm_prev) + a1
