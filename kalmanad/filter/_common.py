@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from kalmanad._scan import inline_scan
 from kalmanad.linalg._checks import as_float_array
 from kalmanad.ssm import DiscreteSSM
 
@@ -603,69 +604,6 @@ def check_checkpoint(checkpoint, method: str = "sequential") -> int | None:
     if checkpoint < 1:
         raise ValueError(f"checkpoint must be a positive segment length, got {checkpoint}")
     return int(checkpoint)
-
-
-# XLA:CPU runs the kernels of a loop body one after another on the calling thread when
-# every buffer they touch holds at most this many bytes (or when there are at most 8
-# kernels); otherwise it dispatches them through its concurrent executor, which costs
-# about a microsecond per step for a Kalman step of a few small matrices. (jaxlib 0.10.2,
-# ``ThunkExecutor``: ``execute_sequential_buffer_threshold``, not configurable.)
-INLINE_BUFFER_BYTES = 512
-
-
-def inline_chunk(step, init, xs) -> int:
-    """Steps per inner loop of :func:`inline_scan`: the most whose stacked per-step
-    inputs and outputs, and the carry, each fit in ``INLINE_BUFFER_BYTES``."""
-    x0 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), xs)
-    _, y0 = jax.eval_shape(step, init, x0)
-    per_step = [x.dtype.itemsize * math.prod(x.shape) for x in jax.tree.leaves((x0, y0))]
-    carry = [jnp.result_type(x).itemsize * math.prod(np.shape(x)) for x in jax.tree.leaves(init)]
-    if max(carry, default=0) > INLINE_BUFFER_BYTES:
-        return 1
-    return INLINE_BUFFER_BYTES // max([*per_step, 1])
-
-
-def inline_scan(step, init, xs, *, unroll: int = 1, reverse: bool = False):
-    """``lax.scan(step, init, xs)`` as a scan over chunks of an inner scan, when that helps.
-
-    The inner scan runs over chunks of k = :func:`inline_chunk` steps, so every buffer
-    of its body is small and XLA:CPU runs the body inline (see ``INLINE_BUFFER_BYTES``);
-    only the outer scan, T/k trips, pays the concurrent executor. For the SHO's filter
-    (n = 2, k = 16 in float64) this made the forward loop 1.7x faster at T = 2000 (and
-    k = 32, one buffer of 1 KiB, slower than no chunks at all). The first ``(T // k) * k``
-    steps (the last, with ``reverse``) run chunked, the rest as a plain scan. Same
-    results, step for step: only the loop structure differs. Inner loops are not
-    unrolled (unrolling them measured no faster); ``unroll`` applies when unchunked.
-    """
-    T = jax.tree.leaves(xs)[0].shape[0]
-    k = inline_chunk(step, init, xs)
-    if k < 2 or T < 2 * k:
-        return lax.scan(step, init, xs, unroll=unroll, reverse=reverse)
-    n_seg = T // k
-    T0 = n_seg * k
-    main = slice(T - T0, T) if reverse else slice(0, T0)
-    rest = slice(0, T - T0) if reverse else slice(T0, T)
-
-    def segment(carry, xs_seg):
-        return lax.scan(step, carry, xs_seg, reverse=reverse)
-
-    def run_main(carry):
-        head = jax.tree.map(lambda x: x[main].reshape(n_seg, k, *x.shape[1:]), xs)
-        carry, ys = lax.scan(segment, carry, head, reverse=reverse)
-        return carry, jax.tree.map(lambda y: y.reshape(T0, *y.shape[2:]), ys)
-
-    def run_rest(carry):
-        return lax.scan(step, carry, jax.tree.map(lambda x: x[rest], xs), reverse=reverse)
-
-    if T0 == T:
-        return run_main(init)
-    if reverse:
-        carry, ys_rest = run_rest(init)
-        carry, ys = run_main(carry)
-        return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys_rest, ys)
-    carry, ys = run_main(init)
-    carry, ys_rest = run_rest(carry)
-    return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_rest)
 
 
 def scan_segments(step, init, xs, *, checkpoint: int | None = None, unroll: int = 1):

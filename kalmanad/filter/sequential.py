@@ -20,6 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from kalmanad._scan import inline_scan
 from kalmanad.filter._common import (
     LOG_2PI,
     SMALL_MM,
@@ -28,7 +29,6 @@ from kalmanad.filter._common import (
     eye_like,
     first_bad_mask,
     guard,
-    inline_scan,
     mask_missing,
     mm,
     mT,
