@@ -64,12 +64,9 @@ def inline_scan(step, init, xs, *, unroll: int = 1, reverse: bool = False):
     def run_rest(carry):
         return lax.scan(step, carry, jax.tree.map(lambda x: x[rest], xs), reverse=reverse)
 
+    carry, ys = run_main(init)  # reversed, the main part holds the last steps: first too
     if T0 == T:
-        return run_main(init)
-    if reverse:
-        carry, ys_rest = run_rest(init)
-        carry, ys = run_main(carry)
-        return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys_rest, ys)
-    carry, ys = run_main(init)
+        return carry, ys
     carry, ys_rest = run_rest(carry)
-    return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, ys_rest)
+    parts = (ys_rest, ys) if reverse else (ys, ys_rest)
+    return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *parts)
