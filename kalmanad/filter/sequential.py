@@ -229,15 +229,40 @@ def _scan_tangent_rule_jvp(unroll, tail, primals, tangents):
     # values would not be linear)
     E, e = clean(E, finite=False), clean(e, finite=False)
 
-    def step(carry, inp):
-        dm, dP = carry
-        F_k, c_k, E_k, e_k = inp
-        dm = mv_(F_k, dm + mv_(dP, c_k)) + e_k
-        dP = mm_(mm_(F_k, dP), t_(F_k)) + E_k
-        return (dm, dP), (dm, dP)
-
     init = (dssm.initial_mean, dssm.initial_cov)
-    _, (dm_f, dP_f) = inline_scan(step, init, (F, c, E, e), unroll=unroll)
+    if tail or n <= SMALL_MM:
+        # The products as broadcast-multiply-sums (see ``mm``), with the broadcast forms
+        # of F, Fᵀ and c made here, outside the loop: the body then holds no operation
+        # on F or c alone, which JAX's linearisation of the loop would otherwise run as
+        # a separate loop storing their per-step reshapes for the transposed loop.
+        def step(carry, inp):
+            dm, dP = carry
+            F_k, F_col, Ft_row, c_row, E_k, e_k = inp
+            u = dm + jnp.sum(dP * c_row, axis=-1 - tail)  # ṁ + Ṗ c
+            dm = jnp.sum(F_k * jnp.expand_dims(u, -2 - tail), axis=-1 - tail) + e_k
+            FdP = jnp.sum(F_col * jnp.expand_dims(dP, -3 - tail), axis=-2 - tail)
+            dP = jnp.sum(jnp.expand_dims(FdP, -1 - tail) * Ft_row, axis=-2 - tail) + E_k
+            return (dm, dP), (dm, dP)
+
+        xs = (
+            F,
+            jnp.expand_dims(F, -1 - tail),
+            jnp.expand_dims(t_(F), -3 - tail),
+            jnp.expand_dims(c, -2 - tail),
+            E,
+            e,
+        )
+    else:
+
+        def step(carry, inp):
+            dm, dP = carry
+            F_k, Ft_k, c_k, E_k, e_k = inp
+            dm = mv_(F_k, dm + mv_(dP, c_k)) + e_k
+            dP = mm_(mm_(F_k, dP), Ft_k) + E_k
+            return (dm, dP), (dm, dP)
+
+        xs = (F, t_(F), c, E, e)
+    _, (dm_f, dP_f) = inline_scan(step, init, xs, unroll=unroll)
     dm_prev = jnp.concatenate([init[0][None], dm_f[:-1]])
     dP_prev = jnp.concatenate([init[1][None], dP_f[:-1]])
     dm_p = mv_(A, dm_prev) + a1
