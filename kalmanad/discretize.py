@@ -94,6 +94,7 @@ from jax import lax
 
 from kalmanad.linalg import expm, solve_continuous_lyapunov
 from kalmanad.linalg._checks import as_float_array
+from kalmanad.linalg._small import small_matmul
 from kalmanad.model import (
     LinearSDE,
     _concrete,
@@ -226,22 +227,6 @@ class _Triple(NamedTuple):
     fd: jax.Array
 
 
-def _bmm(x, y):
-    """Batched matmul, written for the speed of XLA:CPU on tiny matrices.
-
-    Measured (jax 0.10.2, 2 cores, a composition's value and gradient): for n ≤ 3 and a
-    stack of at least a few dozen, the batched dot is 2-4x faster than a fused
-    multiply-and-reduce (49 000 steps, n = 3: 30 against 82 ms); for n = 4 the batched dot
-    takes a slow path (3x slower than multiply-and-reduce); single matrices, as inside the
-    table loops, are fastest fused (fewer kernels per iteration).
-    """
-    n = max(x.shape[-2:] + y.shape[-1:])
-    batch = math.prod(jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
-    if n <= 8 and not (n <= 3 and batch >= 64):
-        return jnp.sum(x[..., :, :, None] * y[..., None, :, :], axis=-2)
-    return _matmul(x, y)
-
-
 def _compose(x: _Triple, y: _Triple) -> _Triple:
     """The triple of the sum of two step lengths (the flow is a commutative semigroup).
 
@@ -250,9 +235,9 @@ def _compose(x: _Triple, y: _Triple) -> _Triple:
     exact result does not.
     """
     return _Triple(
-        _bmm(y.ad, x.ad),
-        _sym(y.qd + _bmm(_bmm(y.ad, x.qd), _mT(y.ad))),
-        y.fd + _bmm(y.ad, x.fd),
+        small_matmul(y.ad, x.ad),
+        _sym(y.qd + small_matmul(small_matmul(y.ad, x.qd), _mT(y.ad))),
+        y.fd + small_matmul(y.ad, x.fd),
     )
 
 

@@ -17,6 +17,7 @@ from jax import lax
 
 from kalmanad._scan import inline_scan
 from kalmanad.linalg._checks import as_float_array
+from kalmanad.linalg._small import small_matmul, small_matvec
 from kalmanad.ssm import DiscreteSSM
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -327,33 +328,9 @@ def finite_scalar(*xs):
     return jnp.isfinite(total)
 
 
-# Largest state/observation dimension for which the matrix products inside scan bodies
-# are written as broadcast-multiply-sum: XLA then fuses a whole filter step into a
-# few loop kernels instead of one library call per tiny product (about 10x faster on
-# CPU for n = 2).
-SMALL_MM = 8
-
-
-# Stacks of at least this many matrices of size ≤ 3 are multiplied by XLA's batched
-# dot, not by a broadcast-multiply-sum.
-DOT_MIN_BATCH = 64
-
-
-def _use_dot(batch_a, batch_b, size: int) -> bool:
-    """Whether a (batch-first) product of matrices of largest dimension ``size`` should be
-    a dot rather than a broadcast-multiply-sum.
-
-    Measured on XLA:CPU (jaxlib 0.10.2, 2 cores): above ``SMALL_MM`` the dot; for n ≤ 3
-    and a stack of at least ``DOT_MIN_BATCH`` matrices (the tangent rule's coefficients
-    of all T steps at once), the batched dot too — the sequential filter's SHO
-    value and gradient at T = 2000 took 1.1 instead of 1.6 ms (its transposes do not
-    materialise an (i, j, k)-shaped product); for n = 4…8 the batched dot takes a slow
-    path, and single matrices, as inside a loop body, fuse best as multiply-sums.
-    """
-    if size > SMALL_MM:
-        return True
-    batch = math.prod(jnp.broadcast_shapes(tuple(batch_a), tuple(batch_b)))
-    return size <= 3 and batch >= DOT_MIN_BATCH
+# Products inside scan bodies are broadcast-multiply-sums up to SMALL_MM
+# (kalmanad.linalg._small): XLA then fuses a whole filter step into a few loop kernels
+# instead of one library call per tiny product (about 10x faster on CPU for n = 2).
 
 
 def mm(a, b, tail: int = 0):
@@ -364,10 +341,7 @@ def mm(a, b, tail: int = 0):
     if tail:
         prod = jnp.expand_dims(a, -1 - tail) * jnp.expand_dims(b, -3 - tail)
         return jnp.sum(prod, axis=-2 - tail)
-    if _use_dot(a.shape[:-2], b.shape[:-2], max(a.shape[-2:] + b.shape[-1:])):
-        # Full precision: no TF32 passes for float32 on GPUs (see kalmanad.discretize).
-        return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    return small_matmul(a, b)
 
 
 def mv(a, x, tail: int = 0):
@@ -377,9 +351,7 @@ def mv(a, x, tail: int = 0):
     """
     if tail:
         return jnp.sum(a * jnp.expand_dims(x, -2 - tail), axis=-1 - tail)
-    if _use_dot(a.shape[:-2], x.shape[:-1], max(a.shape[-2:])):
-        return jnp.matmul(a, x[..., None], precision=lax.Precision.HIGHEST)[..., 0]
-    return jnp.sum(a * x[..., None, :], axis=-1)
+    return small_matvec(a, x)
 
 
 # ------------------------------------------------------------- small factorisations

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from kalmanad._scan import inline_scan
 from kalmanad.filter._common import (
     LOG_2PI,
-    SMALL_MM,
     columns,
     diagonal,
     eye_like,
@@ -40,6 +39,7 @@ from kalmanad.filter._common import (
     tri_solve,
 )
 from kalmanad.filter._types import FilterResult
+from kalmanad.linalg._small import SMALL_MM
 from kalmanad.ssm import DiscreteSSM
 
 
