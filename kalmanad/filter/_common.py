@@ -354,6 +354,26 @@ def mv(a, x, tail: int = 0):
     return small_matvec(a, x)
 
 
+def mm_steps(a, b, tail: int = 0):
+    """:func:`mm` for the stacks of all T steps at once (outside a loop body).
+
+    Batch-last (``tail = 1``) matrices of size ≤ 3 are multiplied by a dot with batch
+    dimensions (steps and subjects): for the 1000 × 50 panel's tangent rule (n = 3)
+    the filter's value and gradient took 65-72 instead of 85-90 ms. Batch-first
+    stacks already get the batched dot from :func:`small_matmul`.
+    """
+    if tail and max(a.shape[-2 - tail :][:2] + b.shape[-1 - tail :][:1]) <= 3:
+        return jnp.einsum("...ijb,...jkb->...ikb", a, b, precision=lax.Precision.HIGHEST)
+    return mm(a, b, tail)
+
+
+def mv_steps(a, x, tail: int = 0):
+    """:func:`mv` for the stacks of all T steps at once (see :func:`mm_steps`)."""
+    if tail and max(a.shape[-2 - tail :][:2]) <= 3:
+        return jnp.einsum("...ijb,...jb->...ib", a, x, precision=lax.Precision.HIGHEST)
+    return mv(a, x, tail)
+
+
 # ------------------------------------------------------------- small factorisations
 
 

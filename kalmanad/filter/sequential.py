@@ -30,8 +30,10 @@ from kalmanad.filter._common import (
     guard,
     mask_missing,
     mm,
+    mm_steps,
     mT,
     mv,
+    mv_steps,
     safe_cholesky,
     sanitize_inputs,
     scan_segments,
@@ -190,10 +192,10 @@ def _scan_tangent_rule_jvp(unroll, tail, primals, tangents):
         return jnp.where(keep & jnp.isfinite(x) if finite else keep, x, 0.0)
 
     def mm_(a, b):
-        return mm(a, b, tail)
+        return mm_steps(a, b, tail)
 
     def mv_(a, x):
-        return mv(a, x, tail)
+        return mv_steps(a, x, tail)
 
     def t_(x):
         return mT(x, tail)
