@@ -48,25 +48,35 @@ def inline_scan(step, init, xs, *, unroll: int = 1, reverse: bool = False):
     k = inline_chunk(step, init, xs)
     if k < 2 or T < 2 * k:
         return lax.scan(step, init, xs, unroll=unroll, reverse=reverse)
+    return scan_in_chunks(step, init, xs, k, reverse=reverse)
+
+
+def scan_in_chunks(step, init, xs, k: int, *, unroll: int = 1, reverse: bool = False, wrap=None):
+    """``lax.scan(step, init, xs)`` as an outer scan over chunks of an inner k-step scan.
+
+    The first ``(T // k) * k`` steps (the last, with ``reverse``) run chunked, the rest
+    as a plain scan; ``wrap`` (e.g. ``jax.checkpoint``) is applied to the chunk's scan;
+    ``unroll`` to the inner and the remaining scans. Same results, step for step. Used
+    by :func:`inline_scan` and by the filters' checkpointed scan. Requires 1 <= k <= T.
+    """
+    T = jax.tree.leaves(xs)[0].shape[0]
     n_seg = T // k
     T0 = n_seg * k
     main = slice(T - T0, T) if reverse else slice(0, T0)
     rest = slice(0, T - T0) if reverse else slice(T0, T)
 
     def segment(carry, xs_seg):
-        return lax.scan(step, carry, xs_seg, reverse=reverse)
+        return lax.scan(step, carry, xs_seg, unroll=unroll, reverse=reverse)
 
-    def run_main(carry):
-        head = jax.tree.map(lambda x: x[main].reshape(n_seg, k, *x.shape[1:]), xs)
-        carry, ys = lax.scan(segment, carry, head, reverse=reverse)
-        return carry, jax.tree.map(lambda y: y.reshape(T0, *y.shape[2:]), ys)
-
-    def run_rest(carry):
-        return lax.scan(step, carry, jax.tree.map(lambda x: x[rest], xs), reverse=reverse)
-
-    carry, ys = run_main(init)  # reversed, the main part holds the last steps: first too
+    if wrap is not None:
+        segment = wrap(segment)
+    head = jax.tree.map(lambda x: x[main].reshape(n_seg, k, *x.shape[1:]), xs)
+    carry, ys = lax.scan(segment, init, head, reverse=reverse)
+    ys = jax.tree.map(lambda y: y.reshape(T0, *y.shape[2:]), ys)
     if T0 == T:
         return carry, ys
-    carry, ys_rest = run_rest(carry)
+    # reversed, the chunked part holds the last steps, so it runs first in both cases
+    tail_xs = jax.tree.map(lambda x: x[rest], xs)
+    carry, ys_rest = lax.scan(step, carry, tail_xs, unroll=unroll, reverse=reverse)
     parts = (ys_rest, ys) if reverse else (ys, ys_rest)
     return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), *parts)
