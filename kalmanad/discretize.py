@@ -512,7 +512,11 @@ def _van_loan(a, q, w, dt, base: str):
         # A scan over the D-1 higher levels: one copy of the composition's code.
         levels = _Triple(*(jnp.moveaxis(x, 1, 0) for x in tables))
         digits = jnp.stack([digit(i) for i in range(1, _TABLE_DIGITS)])
-        return lax.scan(step, (out, valid), (levels, tables_ok.T, digits))[0]
+
+        def compose_levels(out, valid, levels, levels_ok, digits):
+            return lax.scan(step, (out, valid), (levels, levels_ok, digits))[0]
+
+        return jax.checkpoint(compose_levels)(out, valid, levels, tables_ok.T, digits)
 
     # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: the tables of those
     # levels are built, and composed, only when some step needs them.
