@@ -255,7 +255,9 @@ def fit_map(
     Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
     differences of the exact (already compiled) gradient; its draws are mapped back to
     the constrained space. With flat priors this is the MLE with its asymptotic
-    covariance.
+    covariance. Where a run meets an invalid point (density -inf, e.g. a trial step that
+    makes the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
+    L-BFGS-B's line search does not recover from an infinite trial value.
     """
     fn = _model_fn(model)
     kw = _model_kwargs(y, inputs, model_kwargs)
@@ -276,21 +278,39 @@ def fit_map(
 
     value_and_grad = jax.jit(jax.value_and_grad(objective))
 
+    invalid_points = [0]
+
     def scipy_fun(x):
         v, g = value_and_grad(jnp.asarray(x, dtype))
         v, g = float(v), np.asarray(g, dtype=np.float64)
-        if not np.isfinite(v):
-            return 1e300, np.zeros_like(g)
+        if not np.isfinite(v):  # an invalid parameter (e.g. an unstable drift): -inf density
+            invalid_points[0] += 1
+            return np.inf, np.zeros_like(g)
         return v, np.where(np.isfinite(g), g, 0.0)
+
+    def minimize(x0):
+        invalid_points[0] = 0
+        res = scipy.optimize.minimize(
+            scipy_fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter}
+        )
+        if invalid_points[0]:
+            # L-BFGS-B's line search interpolates through an infinite trial value to a
+            # zero step and then reports convergence where it stands (from a prior median
+            # whose first trial step made a drift unstable, it "converged" at the start).
+            # BFGS's Wolfe line search backtracks from such a value instead: resume there.
+            polished = scipy.optimize.minimize(
+                scipy_fun, res.x, jac=True, method="BFGS", options={"maxiter": maxiter}
+            )
+            if polished.fun <= res.fun:
+                res = polished
+        return res
 
     starts = [np.asarray(flat0, np.float64)]
     for k in keys[1:num_starts]:
         starts.append(np.asarray(jax.random.uniform(k, flat0.shape, minval=-2.0, maxval=2.0)))
     best = None
     for x0 in starts:
-        res = scipy.optimize.minimize(
-            scipy_fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter}
-        )
+        res = minimize(x0)
         if best is None or res.fun < best.fun:
             best = res
     mode = jnp.asarray(best.x, dtype)
