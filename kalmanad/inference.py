@@ -10,6 +10,7 @@ A *model* here is either a :class:`kalmanad.spec.ModelSpec` (from
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, NamedTuple
 
@@ -116,6 +117,46 @@ def sde_draws_single(model, draw: dict, times, y=None, inputs=None, **kwargs) ->
     }
 
 
+# NumPyro's per-transition fields that ArviZ names and uses (bfmi needs the energy).
+_SAMPLE_STATS = (
+    "diverging",
+    "num_steps",
+    "accept_prob",
+    "energy",
+    "potential_energy",
+    "adapt_state.step_size",
+)
+
+
+def _map_start(fn, times, kw, *, num_chains: int, seed: int):
+    """Per-chain NUTS starts from the posterior mode: ``(mode, init_params)``.
+
+    Each chain starts at its own draw of the Laplace approximation N(mode, H⁻¹) in the
+    unconstrained space, so the chains stay distinct for R-hat; a draw where the density
+    or its gradient is not finite is replaced by the next (up to 10 per chain), then by
+    the mode. Without a Laplace approximation (H not positive definite, warned) every
+    chain starts at the mode. ``init_params`` is an unconstrained dict, with a leading
+    (num_chains,) axis when num_chains > 1 (NumPyro's ``MCMC.run`` convention).
+    """
+    found = _find_mode(fn, times, kw, seed=seed, num_starts=1, laplace=True, maxiter=1000)
+    mode = np.asarray(found.flat, np.float64)
+    starts = np.repeat(mode[None], num_chains, axis=0)
+    if found.chol is not None:
+        candidates = _laplace_draws(found, 10 * num_chains, np.random.default_rng([seed, 1]))
+        valid = []
+        for x in candidates:
+            v, g = found.value_and_grad(jnp.asarray(x, found.flat.dtype))
+            if np.isfinite(float(v)) and np.all(np.isfinite(np.asarray(g))):
+                valid.append(x)
+                if len(valid) == num_chains:
+                    break
+        if valid:
+            starts[: len(valid)] = np.stack(valid)
+    starts = jnp.asarray(starts, found.flat.dtype)
+    init_params = found.unravel(starts[0]) if num_chains == 1 else jax.vmap(found.unravel)(starts)
+    return found, init_params
+
+
 def fit_nuts(
     model,
     times,
@@ -131,6 +172,7 @@ def fit_nuts(
     target_accept_prob: float = 0.8,
     dense_mass: bool = False,
     max_tree_depth: int = 10,
+    init: str = "median",
     pointwise: bool = True,
     **model_kwargs: Any,
 ):
@@ -145,23 +187,54 @@ def fit_nuts(
         chain_method: ``"vectorized"`` (one device, chains vmapped), ``"parallel"``
             (one device per chain) or ``"sequential"``.
         seed: the PRNG seed; the run is reproducible given it.
+        target_accept_prob, max_tree_depth: NUTS settings.
+        dense_mass: adapt a dense (k, k) mass matrix instead of a diagonal one; worth it
+            when the posterior has strong correlations (a CT-VAR's drift entries).
+        init: where the chains start.
+
+            - ``"median"``: the prior median (NumPyro's ``init_to_median``), and an
+              identity initial inverse mass matrix.
+            - ``"map"``: first :func:`fit_map` (one L-BFGS run from the prior median),
+              then each chain starts at its own draw from the Laplace approximation
+              N(mode, H⁻¹) in the unconstrained space (draws with an invalid density are
+              redrawn), and warm-up starts from H⁻¹ (its diagonal without
+              ``dense_mass``) as the inverse mass matrix. This removes the long early
+              warm-up of a far start (on a 100-subject CT-VAR panel, the first 50
+              warm-up iterations took 6033 leapfrog steps from the prior median and 378
+              from the mode) and costs one optimisation. The mode's log density and
+              the optimiser's success are kept in ``posterior.attrs``.
         pointwise: also store the per-time log-likelihood (``log_likelihood`` group)
             for ``arviz.loo``.
 
     Returns:
-        ``arviz.InferenceData`` with groups posterior, sample_stats, observed_data and
-        (when ``pointwise``) log_likelihood with dims (chain, draw, [subject,] time).
+        ``arviz.InferenceData`` with groups posterior, sample_stats (ArviZ's names:
+        ``diverging``, ``n_steps``, ``tree_depth``, ``acceptance_rate``, ``energy`` for
+        ``arviz.bfmi``, ``lp``, ``step_size``), observed_data and (when ``pointwise``)
+        log_likelihood with dims (chain, draw, [subject,] time). ``posterior.attrs``
+        records ``init`` and ``sampling_time`` (seconds of warm-up and sampling,
+        compilation included, without the MAP).
     """
     import arviz as az
 
+    if init not in ("median", "map"):
+        raise ValueError(f"init must be 'median' or 'map', got {init!r}")
     fn = _model_fn(model)
     kw = _model_kwargs(y, inputs, model_kwargs)
+    init_params, start, attrs = None, {}, {"init": init}
+    if init == "map":
+        found, init_params = _map_start(fn, times, kw, num_chains=num_chains, seed=seed)
+        if found.cov is not None:
+            cov = found.cov if dense_mass else np.diag(found.cov)
+            start["inverse_mass_matrix"] = jnp.asarray(cov, found.flat.dtype)
+        attrs["map_log_density"] = -float(found.result.fun)
+        attrs["map_success"] = int(bool(found.result.success))
     kernel = NUTS(
         fn,
         target_accept_prob=target_accept_prob,
         dense_mass=dense_mass,
         max_tree_depth=max_tree_depth,
         init_strategy=init_to_median(num_samples=15),
+        **start,
     )
     mcmc = MCMC(
         kernel,
@@ -171,8 +244,18 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=progress_bar,
     )
-    mcmc.run(jax.random.PRNGKey(seed), times, **kw)
+    t0 = time.perf_counter()
+    mcmc.run(
+        jax.random.PRNGKey(seed),
+        times,
+        init_params=init_params,
+        extra_fields=_SAMPLE_STATS,
+        **kw,
+    )
+    jax.block_until_ready(mcmc.get_samples())
+    attrs["sampling_time"] = time.perf_counter() - t0
     idata = az.from_numpyro(mcmc, log_likelihood=False)
+    idata.posterior.attrs.update(attrs)
     if pointwise:
         samples = mcmc.get_samples(group_by_chain=False)
         ll = pointwise_log_likelihood(model, samples, times, y, inputs, **model_kwargs)
@@ -233,34 +316,19 @@ def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
     return 0.5 * (hess + hess.T)
 
 
-def fit_map(
-    model,
-    times,
-    y,
-    inputs=None,
-    *,
-    seed: int = 0,
-    num_starts: int = 4,
-    laplace: bool = True,
-    num_draws: int = 1000,
-    maxiter: int = 1000,
-    **model_kwargs: Any,
-) -> MAPResult:
-    """Maximum a posteriori estimate by L-BFGS, with a Laplace approximation.
+class _Mode(NamedTuple):
+    """What fit_map's optimisation leaves for its callers (fit_map, fit_nuts' MAP start)."""
 
-    The negative log joint density in NumPyro's unconstrained space is minimised with
-    ``scipy.optimize.minimize(method="L-BFGS-B")`` on the jitted exact gradient, from
-    ``num_starts`` initial points (the prior median, then uniform draws in (-2, 2) on
-    the unconstrained scale); the best optimum wins. The Laplace approximation is the
-    Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
-    differences of the exact (already compiled) gradient; its draws are mapped back to
-    the constrained space. With flat priors this is the MLE with its asymptotic
-    covariance. Where a run meets an invalid point (density -inf, e.g. a trial step that
-    makes the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
-    L-BFGS-B's line search does not recover from an infinite trial value.
-    """
-    fn = _model_fn(model)
-    kw = _model_kwargs(y, inputs, model_kwargs)
+    flat: jax.Array  # (k,) the mode in the flattened unconstrained space
+    result: Any  # scipy's OptimizeResult of the best start
+    unravel: Any  # flat (k,) -> unconstrained dict
+    postprocess_fn: Any  # unconstrained dict -> constrained dict
+    value_and_grad: Any  # jitted flat -> (potential energy, gradient)
+    cov: np.ndarray | None  # (k, k) Laplace covariance H⁻¹, None if H is not PD
+    chol: np.ndarray | None  # (k, k) lower Cholesky factor of H
+
+
+def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
     keys = jax.random.split(jax.random.PRNGKey(seed), num_starts + 1)
     init0 = initialize_model(
         keys[0],
@@ -314,33 +382,77 @@ def fit_map(
         if best is None or res.fun < best.fun:
             best = res
     mode = jnp.asarray(best.x, dtype)
-    unconstrained = unravel(mode)
-    params = postprocess_fn(unconstrained)
-    cov, draws = None, None
+    cov = chol = None
     if laplace:
         hess = _hessian_by_gradient_differences(value_and_grad, mode)
         try:
             chol = np.linalg.cholesky(hess)
             cov = np.linalg.inv(hess)
         except np.linalg.LinAlgError:
+            chol = None
             warnings.warn(
                 "the Hessian at the mode is not positive definite: no Laplace approximation "
                 "(the mode may be on a ridge or the optimiser did not converge)",
-                stacklevel=2,
+                stacklevel=3,
             )
-        if cov is not None and num_draws:
-            z = np.random.default_rng(seed).standard_normal((num_draws, mode.shape[0]))
-            # x = mode + L⁻ᵀ z has covariance (L Lᵀ)⁻¹ = H⁻¹.
-            flat = np.asarray(mode, np.float64) + np.linalg.solve(chol.T, z.T).T
-            draws = jax.vmap(lambda f: postprocess_fn(unravel(jnp.asarray(f, dtype))))(flat)
+    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol)
+
+
+def _laplace_draws(found: _Mode, num_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(num_draws, k) draws of N(mode, H⁻¹): x = mode + L⁻ᵀ z, cov (L Lᵀ)⁻¹ = H⁻¹."""
+    z = rng.standard_normal((num_draws, found.flat.shape[0]))
+    return np.asarray(found.flat, np.float64) + np.linalg.solve(found.chol.T, z.T).T
+
+
+def fit_map(
+    model,
+    times,
+    y,
+    inputs=None,
+    *,
+    seed: int = 0,
+    num_starts: int = 4,
+    laplace: bool = True,
+    num_draws: int = 1000,
+    maxiter: int = 1000,
+    **model_kwargs: Any,
+) -> MAPResult:
+    """Maximum a posteriori estimate by L-BFGS, with a Laplace approximation.
+
+    The negative log joint density in NumPyro's unconstrained space is minimised with
+    ``scipy.optimize.minimize(method="L-BFGS-B")`` on the jitted exact gradient, from
+    ``num_starts`` initial points (the prior median, then uniform draws in (-2, 2) on
+    the unconstrained scale); the best optimum wins. The Laplace approximation is the
+    Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
+    differences of the exact (already compiled) gradient; its draws are mapped back to
+    the constrained space. With flat priors this is the MLE with its asymptotic
+    covariance. Where a run meets an invalid point (density -inf, e.g. a trial step that
+    makes the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
+    L-BFGS-B's line search does not recover from an infinite trial value.
+    """
+    found = _find_mode(
+        _model_fn(model),
+        times,
+        _model_kwargs(y, inputs, model_kwargs),
+        seed=seed,
+        num_starts=num_starts,
+        laplace=laplace,
+        maxiter=maxiter,
+    )
+    unconstrained = found.unravel(found.flat)
+    draws = None
+    if found.cov is not None and num_draws:
+        flat = _laplace_draws(found, num_draws, np.random.default_rng(seed))
+        dtype = found.flat.dtype
+        draws = jax.vmap(lambda f: found.postprocess_fn(found.unravel(jnp.asarray(f, dtype))))(flat)
     return MAPResult(
-        params=params,
+        params=found.postprocess_fn(unconstrained),
         unconstrained=unconstrained,
-        log_density=-float(best.fun),
-        cov=cov,
+        log_density=-float(found.result.fun),
+        cov=found.cov,
         draws=draws,
-        success=bool(best.success),
-        message=str(best.message),
+        success=bool(found.result.success),
+        message=str(found.result.message),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,11 +10,19 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import scipy.linalg
+from jax.flatten_util import ravel_pytree
 
 import kalmanad
 from kalmanad import LinearSDE
 from kalmanad.distributions import LinearSDEDistribution
-from kalmanad.inference import discrete_time_effects, fit_map, fit_nuts, smoothed_states
+from kalmanad.inference import (
+    _laplace_draws,
+    _map_start,
+    discrete_time_effects,
+    fit_map,
+    fit_nuts,
+    smoothed_states,
+)
 
 
 def ou_model(times, y=None, inputs=None):
@@ -166,3 +175,77 @@ def test_fit_map_recovers_from_an_invalid_first_trial_step():
     assert res.success
     np.testing.assert_allclose(res.params["mu"], mu, atol=0.5)
     assert np.all(np.linalg.eigvalsh(res.cov) > 0)
+
+
+def test_fit_nuts_rejects_an_unknown_init(ou_data):
+    times, y = ou_data
+    with pytest.raises(ValueError, match="init must be 'median' or 'map'"):
+        fit_nuts(ou_model, times, y, init="prior", progress_bar=False)
+
+
+def test_map_start_gives_each_chain_its_own_laplace_draw(ou_data):
+    times, y = ou_data
+    found, init = _map_start(ou_model, times, {"y": y}, num_chains=4, seed=3)
+    mode = np.asarray(found.flat)
+    starts = np.asarray(jax.vmap(lambda d: ravel_pytree(d)[0])(init))
+    # The same mode as fit_map's from one start with the same seed.
+    res = fit_map(ou_model, times, y, seed=3, num_starts=1, num_draws=0)
+    np.testing.assert_allclose(mode, ravel_pytree(res.unconstrained)[0], rtol=1e-6, atol=1e-8)
+    assert set(init) == {"theta", "sigma", "noise"} and init["theta"].shape == (4,)
+    # Distinct chains, each a plausible draw of N(mode, H⁻¹): whitened by the Cholesky
+    # factor of H, a draw is standard normal.
+    assert len({tuple(s) for s in starts}) == 4
+    z = (starts - mode) @ found.chol
+    assert np.all(np.abs(z) < 5.0) and np.any(np.abs(z) > 0.05)
+    for s in starts:
+        assert np.isfinite(float(found.value_and_grad(jnp.asarray(s))[0]))
+    # One chain: no chain axis (NumPyro's MCMC.run convention).
+    _, one = _map_start(ou_model, times, {"y": y}, num_chains=1, seed=3)
+    assert np.shape(one["theta"]) == ()
+
+
+def test_map_start_redraws_starts_where_the_density_is_invalid():
+    # x ~ N(0, 1) cut at 0.5: the mode is 0 with unit Laplace variance, so about a third
+    # of the Laplace draws fall where the density is zero (potential +inf).
+    def cut_model(times, y=None):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.factor("cut", jnp.where(x < 0.5, 0.0, -jnp.inf))
+
+    found, init = _map_start(cut_model, np.zeros(1), {"y": None}, num_chains=8, seed=0)
+    np.testing.assert_allclose(np.asarray(found.flat), 0.0, atol=1e-6)
+    candidates = _laplace_draws(found, 80, np.random.default_rng([0, 1]))
+    assert np.sum(candidates[:8, 0] >= 0.5) > 0  # without the redraw a chain would start there
+    x = np.asarray(init["x"])
+    assert x.shape == (8,) and np.all(x < 0.5) and len(set(x.tolist())) == 8
+
+
+@pytest.mark.parametrize("dense_mass", [False, True])
+def test_fit_nuts_from_the_map(ou_data, dense_mass):
+    times, y = ou_data
+    idata = fit_nuts(
+        ou_model,
+        times,
+        y,
+        init="map",
+        dense_mass=dense_mass,
+        num_warmup=150,
+        num_samples=150,
+        num_chains=2,
+        seed=1,
+        progress_bar=False,
+        pointwise=False,
+    )
+    attrs = idata.posterior.attrs
+    res = fit_map(ou_model, times, y, seed=1, num_starts=1, num_draws=0)
+    assert attrs["init"] == "map" and attrs["map_success"] == 1
+    np.testing.assert_allclose(attrs["map_log_density"], res.log_density, rtol=1e-8)
+    assert attrs["sampling_time"] > 0
+    stats = idata.sample_stats
+    for name in ("diverging", "n_steps", "energy", "acceptance_rate", "lp", "step_size"):
+        assert stats[name].shape == (2, 150), name
+    assert int(stats["diverging"].values.sum()) == 0
+    assert np.all(az.bfmi(idata) > 0.3)
+    assert float(az.rhat(idata).to_array().max()) < 1.05
+    for k, v in TRUTH.items():
+        lo, hi = np.quantile(idata.posterior[k].values.reshape(-1), [0.005, 0.995])
+        assert lo < v < hi, (k, lo, hi, v)
