@@ -151,6 +151,8 @@ def cmd_fit(args) -> int:
         num_chains=args.chains,
         chain_method=args.chain_method,
         seed=args.seed,
+        init=args.init,
+        dense_mass=args.dense_mass,
         progress_bar=not args.no_progress,
         **kwargs,
     )
@@ -320,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chains", type=int, default=2, help="number of chains")
     s.add_argument(
         "--chain-method", default="vectorized", choices=["vectorized", "parallel", "sequential"]
+    )
+    s.add_argument(
+        "--init",
+        default="median",
+        choices=["median", "map"],
+        help="chain starts: the prior median, or draws around the posterior mode (fit_map) "
+        "with its Laplace covariance as the initial mass matrix; try map when warm-up is slow",
+    )
+    s.add_argument(
+        "--dense-mass",
+        action="store_true",
+        help="adapt a dense mass matrix (correlated parameters, e.g. a CT-VAR drift)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="kalmanad_out", help="output folder (netCDF and PNG)")
