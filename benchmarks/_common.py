@@ -439,18 +439,43 @@ def dynestyx_loglik(model, times, y, parallel: bool = True):
     m0 = -jnp.linalg.solve(a, c)
     dts = jnp.diff(jnp.asarray(times, a.dtype))
     ad, off, qd = _van_loan_expm(a, q, c, dts)
-    inputs = {
+    parts = {
+        "m0": m0,
+        "chol_p0": jnp.linalg.cholesky(p0),
         "F": jnp.concatenate([eye[None], ad]),
         "c": jnp.concatenate([jnp.zeros((1, n), a.dtype), off]),
         "chol_Q": jnp.concatenate([jnp.zeros((1, n, n), a.dtype), jnp.linalg.cholesky(qd)]),
-        "y": jnp.asarray(y, a.dtype),
+        "h": h,
+        "d": d,
+        "chol_r": jnp.linalg.cholesky(r),
     }
-    chol_r = jnp.linalg.cholesky(r)
+    # An invalid parameter (an unstable drift, or one so large that the discretisation
+    # overflows) gives -inf without reaching the filter. An Inf there would reach the
+    # LAPACK SVD (gesdd) inside the pseudo-inverse of cuthbert's QR-based `tria` gradient,
+    # and gesdd with singular vectors does not return on a matrix holding an Inf
+    # (Reference-LAPACK/lapack#1409): NUTS's first, long warm-up trajectories on the SHO
+    # met such points, and one gradient evaluation then ran for hours. Entries above
+    # max**(1/4) are refused too, so that products of up to four stay finite.
+    bound = jnp.finfo(a.dtype).max ** 0.25
+    ok = jnp.all(jnp.stack([jnp.all(jnp.abs(v) <= bound) for v in parts.values()]))
+    benign = {
+        "m0": jnp.zeros(n, a.dtype),
+        "chol_p0": eye,
+        "F": jnp.broadcast_to(eye, parts["F"].shape),
+        "c": jnp.zeros_like(parts["c"]),
+        "chol_Q": jnp.broadcast_to(eye, parts["chol_Q"].shape),
+        "h": jnp.zeros_like(h),
+        "d": jnp.zeros_like(d),
+        "chol_r": jnp.eye(m, dtype=a.dtype),
+    }
+    safe = {k: jnp.where(ok, v, benign[k]) for k, v in parts.items()}
+    inputs = {k: safe[k] for k in ("F", "c", "chol_Q")}
+    inputs["y"] = jnp.asarray(y, a.dtype)
     filt = kalman.build_filter(
-        m0,
-        jnp.linalg.cholesky(p0),
+        safe["m0"],
+        safe["chol_p0"],
         lambda mi: (mi["F"], mi["c"], mi["chol_Q"]),
-        lambda mi: (h, d, chol_r, mi["y"]),
+        lambda mi: (safe["h"], safe["d"], safe["chol_r"], mi["y"]),
     )
     states = cuthbert_filter(filt, inputs, filt.init_prepare(), parallel=parallel)
-    return states.log_normalizing_constant[-1]
+    return jnp.where(ok, states.log_normalizing_constant[-1], -jnp.inf)
