@@ -352,10 +352,11 @@ def part_nuts(times, y):
     if ARGS.init == "map":
         # fit_nuts(init="map")'s own start: the chain begins at a Laplace draw around
         # fit_map's mode, with the Laplace covariance as the initial inverse mass matrix.
-        found, init_params = _map_start(model, times, {"y": y}, num_chains=1, seed=ARGS.seed)
-        if found.cov is not None:
-            cov = found.cov if ARGS.mass == "dense" else np.diag(found.cov)
-            start["inverse_mass_matrix"] = jnp.asarray(cov)
+        _, init_params, inverse_mass_matrix = _map_start(
+            model, times, {"y": y}, num_chains=1, dense_mass=ARGS.mass == "dense", seed=ARGS.seed
+        )
+        if inverse_mass_matrix is not None:
+            start["inverse_mass_matrix"] = inverse_mass_matrix
     t_map = time.perf_counter() - t_map
     kernel = NUTS(model, dense_mass=ARGS.mass == "dense", **start)
     mcmc = MCMC(

@@ -128,15 +128,17 @@ _SAMPLE_STATS = (
 )
 
 
-def _map_start(fn, times, kw, *, num_chains: int, seed: int):
-    """Per-chain NUTS starts from the posterior mode: ``(mode, init_params)``.
+def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int):
+    """NUTS's start from the posterior mode: ``(mode, init_params, inverse_mass_matrix)``.
 
     Each chain starts at its own draw of the Laplace approximation N(mode, H⁻¹) in the
     unconstrained space, so the chains stay distinct for R-hat; a draw where the density
     or its gradient is not finite is replaced by the next (up to 10 per chain), then by
     the mode. Without a Laplace approximation (H not positive definite, warned) every
     chain starts at the mode. ``init_params`` is an unconstrained dict, with a leading
-    (num_chains,) axis when num_chains > 1 (NumPyro's ``MCMC.run`` convention).
+    (num_chains,) axis when num_chains > 1 (NumPyro's ``MCMC.run`` convention). The
+    initial inverse mass matrix is H⁻¹, (k, k), or its diagonal (k,) without
+    ``dense_mass``; None without a Laplace approximation (NumPyro's identity).
     """
     found = _find_mode(fn, times, kw, seed=seed, num_starts=1, laplace=True, maxiter=1000)
     mode = np.asarray(found.flat, np.float64)
@@ -154,7 +156,11 @@ def _map_start(fn, times, kw, *, num_chains: int, seed: int):
             starts[: len(valid)] = np.stack(valid)
     starts = jnp.asarray(starts, found.flat.dtype)
     init_params = found.unravel(starts[0]) if num_chains == 1 else jax.vmap(found.unravel)(starts)
-    return found, init_params
+    inverse_mass_matrix = None
+    if found.cov is not None:
+        cov = found.cov if dense_mass else np.diag(found.cov)
+        inverse_mass_matrix = jnp.asarray(cov, found.flat.dtype)
+    return found, init_params, inverse_mass_matrix
 
 
 def fit_nuts(
@@ -222,10 +228,11 @@ def fit_nuts(
     kw = _model_kwargs(y, inputs, model_kwargs)
     init_params, start, attrs = None, {}, {"init": init}
     if init == "map":
-        found, init_params = _map_start(fn, times, kw, num_chains=num_chains, seed=seed)
-        if found.cov is not None:
-            cov = found.cov if dense_mass else np.diag(found.cov)
-            start["inverse_mass_matrix"] = jnp.asarray(cov, found.flat.dtype)
+        found, init_params, inverse_mass_matrix = _map_start(
+            fn, times, kw, num_chains=num_chains, dense_mass=dense_mass, seed=seed
+        )
+        if inverse_mass_matrix is not None:
+            start["inverse_mass_matrix"] = inverse_mass_matrix
         attrs["map_log_density"] = -float(found.result.fun)
         attrs["map_success"] = int(bool(found.result.success))
     kernel = NUTS(

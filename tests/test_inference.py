@@ -185,7 +185,9 @@ def test_fit_nuts_rejects_an_unknown_init(ou_data):
 
 def test_map_start_gives_each_chain_its_own_laplace_draw(ou_data):
     times, y = ou_data
-    found, init = _map_start(ou_model, times, {"y": y}, num_chains=4, seed=3)
+    found, init, inverse_mass = _map_start(
+        ou_model, times, {"y": y}, num_chains=4, dense_mass=True, seed=3
+    )
     mode = np.asarray(found.flat)
     starts = np.asarray(jax.vmap(lambda d: ravel_pytree(d)[0])(init))
     # The same mode as fit_map's from one start with the same seed.
@@ -200,8 +202,11 @@ def test_map_start_gives_each_chain_its_own_laplace_draw(ou_data):
     for s in starts:
         assert np.isfinite(float(found.value_and_grad(jnp.asarray(s))[0]))
     # One chain: no chain axis (NumPyro's MCMC.run convention).
-    _, one = _map_start(ou_model, times, {"y": y}, num_chains=1, seed=3)
+    _, one, diagonal = _map_start(ou_model, times, {"y": y}, num_chains=1, dense_mass=False, seed=3)
     assert np.shape(one["theta"]) == ()
+    # The initial inverse mass matrix: H⁻¹, or its diagonal without a dense mass.
+    np.testing.assert_array_equal(np.asarray(inverse_mass), found.cov)
+    np.testing.assert_array_equal(np.asarray(diagonal), np.diag(found.cov))
 
 
 def test_map_start_redraws_starts_where_the_density_is_invalid():
@@ -211,7 +216,9 @@ def test_map_start_redraws_starts_where_the_density_is_invalid():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0))
         numpyro.factor("cut", jnp.where(x < 0.5, 0.0, -jnp.inf))
 
-    found, init = _map_start(cut_model, np.zeros(1), {"y": None}, num_chains=8, seed=0)
+    found, init, _ = _map_start(
+        cut_model, np.zeros(1), {"y": None}, num_chains=8, dense_mass=False, seed=0
+    )
     np.testing.assert_allclose(np.asarray(found.flat), 0.0, atol=1e-6)
     candidates = _laplace_draws(found, 80, np.random.default_rng([0, 1]))
     assert np.sum(candidates[:8, 0] >= 0.5) > 0  # without the redraw a chain would start there
