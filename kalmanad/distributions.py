@@ -27,13 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 
+from kalmanad._validation import deferred_value_errors
 from kalmanad.filter import METHODS
 from kalmanad.filter._common import check_checkpoint
 from kalmanad.model import LinearSDE
 from kalmanad.scale import sharded_log_likelihood
 from kalmanad.statespace import (
-    _is_concrete,
-    _validity,
     discretize_observed,
     kalman_filter,
     model_batch_shape,
@@ -67,7 +66,11 @@ class LinearSDEDistribution(Distribution):
     ``log_prob(value)`` with value (..., T, m) returns shape ``batch_shape`` (leading
     sample dims of ``value`` broadcast in front). NaN entries are missing. Invalid
     parameter values (an unstable drift with a stationary start, an indefinite
-    covariance, NaN) give ``-inf`` with finite gradients, so NUTS rejects them.
+    covariance, NaN) give ``-inf`` with finite gradients, so NUTS rejects them and
+    NumPyro's initialisation draws another start. With ``validate_args=True``
+    concrete invalid values raise instead, naming the value (NumPyro's global
+    ``numpyro.enable_validation()``, on by default in recent NumPyro, is not taken as
+    that request).
     """
 
     arg_constraints: ClassVar[dict] = {}
@@ -117,6 +120,10 @@ class LinearSDEDistribution(Distribution):
         super().__init__(
             batch_shape=batch_shape, event_shape=event_shape, validate_args=validate_args
         )
+        # Only an explicit request: NumPyro's global default (validation on) would
+        # stop its initialisation at the first invalid start instead of moving on.
+        if validate_args:
+            model.check_values()
 
     # NumPyro's tree_flatten machinery needs the constructor to accept its fields.
     @classmethod
@@ -153,48 +160,38 @@ class LinearSDEDistribution(Distribution):
         )
 
     def log_prob(self, value):
-        """Exact log-likelihood of ``value`` (..., T, m); shape ``batch_shape``."""
-        invalid = self._concretely_invalid(value)
-        if invalid is not None:
-            return invalid
-        if self.mesh is not None and len(self.batch_shape) == 1 and jnp.ndim(value) == 3:
-            return sharded_log_likelihood(
-                self.model,
-                self.times,
-                value,
-                self.inputs,
-                mesh=self.mesh,
-                method=self.method,
-                checkpoint=self.checkpoint,
-            )
-        return self._filter(value).log_likelihood
+        """Exact log-likelihood of ``value`` (..., T, m); shape ``batch_shape``.
 
-    def _concretely_invalid(self, value):
-        """``-inf`` of the right shape when the (concrete) model is invalid, else None.
-
-        Under tracing the filter maps invalid parameters to ``-inf`` itself; with
-        concrete arrays the front end would raise instead, but a distribution must
-        answer ``-inf`` (e.g. NumPyro's eager initial trace).
+        ``-inf`` for the subjects whose parameters are invalid, never an error.
         """
-        if not _is_concrete(self.model):
-            return None
-        ok = np.asarray(_validity(self.model, model_batch_shape(self.model)))
-        if ok.all():
-            return None
-        shape = jnp.broadcast_shapes(jnp.shape(value)[:-2], self.batch_shape)
-        return jnp.full(shape, -jnp.inf, self.model.dtype)
+        with deferred_value_errors():
+            if self.mesh is not None and len(self.batch_shape) == 1 and jnp.ndim(value) == 3:
+                return sharded_log_likelihood(
+                    self.model,
+                    self.times,
+                    value,
+                    self.inputs,
+                    mesh=self.mesh,
+                    method=self.method,
+                    checkpoint=self.checkpoint,
+                )
+            return self._filter(value).log_likelihood
 
     def pointwise_log_prob(self, value):
         """One-step-ahead predictive log-density of each time point: shape (..., T).
 
         Entry k is log p(y_k | y_0..y_{k-1}); the entries sum to :meth:`log_prob`.
-        A fully missing row contributes 0.
+        A fully missing row contributes 0; ``-inf`` where the parameters are invalid.
         """
-        return self._filter(value).pointwise_log_likelihood
+        with deferred_value_errors():
+            return self._filter(value).pointwise_log_likelihood
 
     def sample(self, key, sample_shape=()):
         """Exact draws of the observations: shape ``sample_shape + batch_shape + (T, m)``."""
-        sim = simulate(self.model, self.times, key, inputs=self.inputs, sample_shape=sample_shape)
+        with deferred_value_errors():  # NaN draws where the parameters are invalid
+            sim = simulate(
+                self.model, self.times, key, inputs=self.inputs, sample_shape=sample_shape
+            )
         return jnp.broadcast_to(
             sim.observations, tuple(sample_shape) + tuple(self.batch_shape) + self.event_shape
         )

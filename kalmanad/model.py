@@ -23,8 +23,12 @@ so it passes through ``jit``, ``vmap`` and ``grad``. Validation happens in the
 constructor only: shape checks always (they are static), value checks (NaN,
 symmetry, positive semi-definiteness, stability of a stationary start) only when the
 arrays are concrete, never on traced values, so a model built inside a sampler never
-raises. Inside a sampler use :meth:`LinearSDE.is_valid` to map invalid parameters
-to a ``-inf`` log-likelihood.
+raises. Inside a NumPyro model run the concrete checks are left out too (NumPyro runs
+models eagerly, e.g. at initialisation, and must see ``-inf`` there, not an
+exception), unless NumPyro's argument validation is on; see
+:func:`kalmanad._validation.value_errors_raise`. :meth:`LinearSDE.is_valid` is the
+traceable test the filters use to map invalid parameters to a ``-inf`` log-likelihood;
+:meth:`LinearSDE.check_values` raises on them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kalmanad._validation import value_errors_raise
 from kalmanad.linalg import solve_continuous_lyapunov
 from kalmanad.linalg._checks import as_float_array
 
@@ -171,7 +176,9 @@ class LinearSDE:
     Raises:
         ValueError: a field of the wrong shape (the message names it and the shapes);
             with concrete arrays also a NaN/inf entry, a non-symmetric or indefinite
-            covariance, or a stationary start with an unstable drift.
+            covariance, or a stationary start with an unstable drift (these value
+            errors are left to the log-density, ``-inf``, while a NumPyro model runs
+            without argument validation).
 
     All fields are promoted to one common floating dtype (integers to JAX's default
     float). The model is immutable; :meth:`replace` returns a validated copy.
@@ -262,7 +269,8 @@ class LinearSDE:
         object.__setattr__(self, "_arrays", tuple(arrays[k] for k in _FIELDS))
         object.__setattr__(self, "initial_state", initial_state)
         object.__setattr__(self, "diffuse_scale", diffuse_scale)
-        self._check_values()
+        if value_errors_raise():
+            self.check_values()
 
     # -- pytree protocol -------------------------------------------------------------
     def tree_flatten_with_keys(self):
@@ -379,7 +387,32 @@ class LinearSDE:
             ok = ok & self.is_stable()
         return ok
 
-    def _check_values(self) -> None:
+    def check_values(self) -> LinearSDE:
+        """Raise ``ValueError`` naming the first invalid concrete value; return ``self``.
+
+        The checks :meth:`is_valid` makes, with a message: every field finite;
+        ``diffusion``, ``observation_noise`` and a given ``initial_cov`` symmetric
+        positive semi-definite (to ``sqrt(eps)`` relative); a stable drift for a
+        stationary start. A batched model (leading dims on its fields, e.g. built
+        under ``jax.vmap``) is checked subject by subject and the message names the
+        subject's index. Traced fields are not checked (use :meth:`is_valid` there).
+        """
+        batch = tuple(np.shape(self.drift)[:-2])
+        if not batch:
+            self._check_one()
+            return self
+        if any(_concrete(v) is None for v in self._arrays if v is not None):
+            return self
+        for index in np.ndindex(*batch):
+            one = jax.tree.map(lambda x, i=index: np.asarray(x)[i], self)
+            try:
+                one._check_one()
+            except ValueError as err:
+                raise ValueError(f"subject {index} of the batched model: {err}") from None
+        return self
+
+    def _check_one(self) -> None:
+        """:meth:`check_values` of an unbatched model."""
         for name, v in zip(_FIELDS, self._arrays, strict=True):
             if v is None:
                 continue

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kalmanad._validation import value_errors_raise
 from kalmanad.discretize import (
     StepGrid,
     _check_finite,
@@ -394,10 +395,12 @@ def _run_compiled(fn, compiled, args, kw, finite=_all_finite):
 
     Concrete arguments whose result is not ``finite`` are run again by ``fn``,
     uncompiled: its checks of concrete values name the bad one (or it returns the
-    same result, e.g. -inf for invalid parameters).
+    same result, e.g. -inf for invalid parameters). Not while a NumPyro model runs
+    without validation (:func:`~kalmanad._validation.value_errors_raise`): there the
+    compiled result (``-inf`` for invalid parameters) is the answer.
     """
     res = compiled(*args, **kw)
-    if not _is_concrete(args) or finite(res):
+    if not _is_concrete(args) or finite(res) or not value_errors_raise():
         return res
     return fn(*args, **kw)
 
@@ -418,7 +421,10 @@ def simulate(
 
     Returns:
         :class:`~kalmanad.filter.Simulation` with ``states`` ``(*sample_shape, *batch, T, n)``
-        and ``observations`` ``(*sample_shape, *batch, T, m)``.
+        and ``observations`` ``(*sample_shape, *batch, T, m)``. The draws of a subject
+        whose parameters are invalid (see :meth:`~kalmanad.LinearSDE.is_valid`) are NaN,
+        as its log-likelihood is ``-inf``; that happens only with traced parameters or
+        inside a NumPyro model run (elsewhere invalid concrete values raise).
 
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
@@ -429,6 +435,9 @@ def simulate(
 
 
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
+    ok = _validity(model, model_batch_shape(model))
+    if not _is_concrete(model):
+        model = _guarded(model, ok)  # as in _kalman_filter; the draws there become NaN
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
@@ -439,7 +448,9 @@ def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
     )
     keys = jax.random.split(key, n_draws)
     sim = jax.vmap(lambda s, k: simulate_ssm(s, k))(flat, keys)
-    return jax.tree.map(lambda x: x.reshape(sample_shape + batch + x.shape[1:]), sim)
+    sim = jax.tree.map(lambda x: x.reshape(sample_shape + batch + x.shape[1:]), sim)
+    keep = jnp.broadcast_to(ok, batch)[..., None, None]
+    return jax.tree.map(lambda x: jnp.where(keep, x, jnp.nan), sim)
 
 
 _simulate_jit = jax.jit(_simulate, static_argnames=("sample_shape", "discretization"))
