@@ -558,11 +558,30 @@ def test_priors():
         ("Normal(0, 1", "cannot parse prior"),
         ("Normal(0, 1, wrong=2)", "invalid prior"),
         (3, "must be a string"),
+        (
+            "HalfNormal(-1)",
+            r"the scale of HalfNormal must be positive, got -1 \(did you mean 1\?\)",
+        ),
+        ("Gamma(0, 1)", "the concentration of Gamma must be positive, got 0"),
+        ("StudentT(-3, 0, 1)", "the df of StudentT must be positive"),
+        (
+            "Uniform(1, -1)",
+            r"lower bound 1 must be below the upper bound -1; write Uniform\(-1, 1\)",
+        ),
+        ("Uniform(2, 2)", "lower bound 2 must be below the upper bound 2"),
+        ("TruncatedNormal(0, 1, low=1, high=-1)", "lower bound 1 must be below the upper bound -1"),
+        ("Normal(0, 1, 2)", r"takes at most 2 positional arguments: Normal\(loc, scale\)"),
+        ("Normal(0, 1, scal=2)", r"no argument 'scal' \(did you mean 'scale'\?\)"),
+        ("Normal(0, 1, scale=2)", "'scale' is given twice"),
+        ("Gamma()", r"Gamma needs concentration: Gamma\(concentration, rate\)"),
+        ("Normal(0, 1, validate_args=1)", "no argument 'validate_args'"),
     ],
 )
 def test_prior_errors(text, message):
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(SpecError, match=message) as info:
         parse_prior(text, source="m.toml", where="[parameters] x")
+    assert str(info.value).startswith("m.toml: [parameters] x: ")
+    assert "distribution got invalid" not in str(info.value)
 
 
 # --------------------------------------------------------------------- matrix forms
@@ -791,6 +810,80 @@ def test_ma_loadings_coefficients_and_quadratic_factors():
             },
             r"\[covariates\] effects",
             "'fixed' is fixed",
+        ),
+        (
+            {"parameters.theta": "Uniform(1, -1)"},
+            r"\[parameters\] theta",
+            r"lower bound 1 must be below the upper bound -1; write Uniform\(-1, 1\)",
+        ),
+        (
+            {"parameters.sigma": "HalfNormal(-1)"},
+            r"\[parameters\] sigma",
+            "the scale of HalfNormal must be positive",
+        ),
+        (
+            {"dynamics.drift": [[0.5]], "parameters.theta": None},
+            r"\[dynamics\] drift",
+            r"constant and not stable \(eigenvalue 0.5 .*state = 'diffuse'",
+        ),
+        (
+            {
+                "dynamics.drift": [[0, 1], [-1, 0]],
+                "parameters.theta": None,
+                "model.latent": ["x", "v"],
+                "dynamics.diffusion_sd": {"diagonal": [0, "sigma"]},
+                "measurement.loadings": [[1, 0]],
+            },
+            r"\[dynamics\] drift",
+            "constant and not stable",
+        ),
+        (
+            {
+                "parameters.theta": 2.0,
+                "derived": {"a": "3 - theta"},
+                "dynamics.drift": [["a"]],
+            },
+            r"\[dynamics\] drift",
+            "constant and not stable",
+        ),
+        (
+            {"parameters.sigma": "Normal(0, 1)"},
+            r"\[dynamics\] diffusion_sd\[0\]\[0\]",
+            r"standard deviation 'sigma' can be negative: sigma has the prior 'Normal\(0, 1\)'",
+        ),
+        (
+            {"parameters.noise": "Uniform(-1, 1)"},
+            r"\[measurement\] noise_sd\[0\]\[0\]",
+            "give noise a positive prior",
+        ),
+        (
+            {
+                "dynamics.diffusion_sd": None,
+                "dynamics.diffusion": [["2 * sigma"]],
+                "parameters.sigma": "Normal(0, 1)",
+            },
+            r"\[dynamics\] diffusion\[0\]\[0\]",
+            r"variance '2 \* sigma' can be negative.*or write sigma\^2",
+        ),
+        (
+            {
+                "derived": {"var": "sigma * 3"},
+                "dynamics.diffusion_sd": None,
+                "dynamics.diffusion": {"diagonal": ["var"]},
+                "parameters.sigma": "Cauchy(0, 1)",
+            },
+            r"\[dynamics\] diffusion\.diagonal\[0\]",
+            "variance 'var' can be negative: sigma has the prior 'Cauchy",
+        ),
+        (
+            {"measurement.noise_sd": None, "measurement.noise": -1},
+            r"\[measurement\] noise",
+            "a variance cannot be negative, got -1",
+        ),
+        (
+            {"initial.sd": [["s0"]], "parameters.s0": "Laplace(0, 1)"},
+            r"\[initial\] sd\[0\]\[0\]",
+            "standard deviation 's0' can be negative",
         ),
         (
             {"data": {"file": "x.csv", "columns": {"yy": "Y"}}},
