@@ -1078,7 +1078,8 @@ class ModelData(NamedTuple):
     """A data set in long format (one row per observation time and subject).
 
     Attributes:
-        times: (N,) observation times (strictly increasing within each subject).
+        times: (N,) observation times (non-decreasing within each subject; ties are
+            several rows at one time).
         y: (N, m) observations in the spec's manifest order; NaN = missing.
         subject: (N,) subject labels (strings), or None for a single series.
         inputs: (N, k) time-varying inputs in the spec's input order, or None.
@@ -1139,7 +1140,7 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
     """Group long-format data by subject and pad to (S, T, ...) arrays.
 
     Args:
-        times: (N,) times, increasing within each subject.
+        times: (N,) times, non-decreasing within each subject (ties allowed).
         y: (N, m) observations (an all-NaN array for prior-predictive use).
         subject: (N,) subject labels of any hashable type.
         inputs: (N, k) inputs or None.
@@ -1150,8 +1151,8 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
         subject in their original order.
 
     Raises:
-        ValueError: mismatched lengths, times not strictly increasing within a
-            subject, or a covariate that varies within a subject.
+        ValueError: mismatched lengths, times decreasing (or NaN) within a subject,
+            or a covariate that varies within a subject.
     """
     times = np.asarray(times, dtype=float)
     if times.ndim != 1:
@@ -1184,11 +1185,11 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
     for s in range(n_sub):
         rows = np.flatnonzero(code == s)
         ts = times[rows]
-        bad = np.flatnonzero(np.diff(ts) <= 0)
+        bad = np.flatnonzero(~(np.diff(ts) >= 0))
         if bad.size:
             k = bad[0]
             raise ValueError(
-                f"times must be strictly increasing within subject {labels[s]!r}: time "
+                f"times must be non-decreasing within subject {labels[s]!r}: time "
                 f"{ts[k + 1]!r} (row {rows[k + 1]}) follows {ts[k]!r} (row {rows[k]})"
             )
         c = rows.size
@@ -1227,6 +1228,12 @@ def _is_comment(row) -> bool:
 def _first_row(fh) -> list:
     """The first non-comment row of a CSV file (the header), or []."""
     return next((r for r in csv.reader(fh) if not _is_comment(r)), [])
+
+
+def _show_number(value: float) -> str:
+    """A number as short as ``%g`` when that is exact, else every digit (``repr``)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, covariates):
@@ -1299,15 +1306,16 @@ def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, c
         empty = [ln for (ln, _), s in zip(body, subj, strict=True) if not s]
         if empty:
             raise DataError(f"{where}: line {empty[0]}, column {subject!r}: missing subject id")
-    # Sorted, strictly increasing times within each subject.
+    # Sorted times within each subject; ties (several rows at one time) are allowed.
     last: dict = {}
     for k, (lineno, _) in enumerate(body):
         key = subj[k] if subj is not None else None
-        if key in last and times[k] <= last[key][0]:
+        if key in last and times[k] < last[key][0]:
             who = f" within subject {key!r}" if subj is not None else ""
             raise DataError(
-                f"{where}: line {lineno}: time {times[k]:g} is not after {last[key][0]:g} "
-                f"(line {last[key][1]}); times must be strictly increasing{who}"
+                f"{where}: line {lineno}: time {_show_number(times[k])} is before "
+                f"{_show_number(last[key][0])} (line {last[key][1]}); times must be in "
+                f"increasing order{who} (ties allowed): sort the rows by time"
             )
         last[key] = (times[k], lineno)
     if subj is not None:
@@ -2390,8 +2398,8 @@ class ModelSpec:
 
         Raises:
             DataError: a one-line message (file, line, column) for a missing file or
-                column, a non-numeric cell, times not strictly increasing within a
-                subject, or a covariate that changes within a subject.
+                column, a non-numeric or missing time, times that decrease within a
+                subject (ties are allowed), or a covariate that changes within a subject.
         """
         path = Path(path)
         manifest, inputs, covs = self._columns()

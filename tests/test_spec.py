@@ -1075,9 +1075,18 @@ def _write(tmp_path, text, name="d.csv"):
     [
         ("time,z\n0,1\n", r"missing column\(s\) 'y' \(the file has: time, z\)"),
         ("time,y\n0,1\n1,abc\n", r"line 3, column 'y': 'abc' is not a number"),
-        ("time,y\n0,1\n2,1\n1,2\n", r"line 4: time 1 is not after 2 \(line 3\)"),
-        ("time,y\n0,1\n0,2\n", r"line 3: time 0 is not after 0"),
+        (
+            "time,y\n0,1\n2,1\n1,2\n",
+            r"line 4: time 1 is before 2 \(line 3\); times must be in increasing order "
+            r"\(ties allowed\): sort the rows by time",
+        ),
+        (
+            "time,y\n0,1\n0.30000000000000004,1\n0.3,2\n",
+            r"line 4: time 0.3 is before 0.30000000000000004 \(line 3\)",
+        ),
         ("time,y\n0,1\n,2\n", r"line 3, column 'time': missing value"),
+        ("time,y\n0,1\nNaN,2\n", r"line 3, column 'time': missing value"),
+        ("time,y\n0,1\ninf,2\n", r"line 3, column 'time': 'inf' is not finite"),
         ("time,y\n0,1\n1,2,3\n", "line 3 has 3 fields but the header has 2"),
         ("time,y\n", "no data rows"),
         ("", "the file is empty"),
@@ -1106,6 +1115,22 @@ def test_read_data_missing_values_and_subjects(tmp_path):
         panel.read_data(_write(tmp_path, "id,time,y1,y2,age\n1,0,1,1,0.5\n,1,1,1,0.5\n"))
 
 
+def test_read_data_accepts_tied_times(tmp_path):
+    # Several indicators measured at one time, one row each (long format).
+    spec = load_model("ctvar")
+    d = spec.read_data(_write(tmp_path, "time,y1,y2\n0,1,\n0,,2\n1.5,3,4\n1.5,,5\n"))
+    np.testing.assert_array_equal(d.times, [0.0, 0.0, 1.5, 1.5])
+    np.testing.assert_array_equal(np.isnan(d.y), [[0, 1], [1, 0], [0, 0], [1, 0]])
+    panel = load_model("panel_ctvar")
+    p = panel.read_data(
+        _write(tmp_path, "id,time,y1,y2,age\n1,0,1,,0.5\n1,0,,2,0.5\n2,0,1,1,0\n")
+    ).to_panel()
+    np.testing.assert_array_equal(p.times, [[0.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(p.counts, [2, 1])
+    with pytest.raises(DataError, match=r"line 4: time 0 is before 1 \(line 3\)"):
+        spec.read_data(_write(tmp_path, "time,y1,y2\n1,1,1\n1,1,1\n0,1,1\n"))
+
+
 def test_read_data_time_fallback_and_model_kwargs(tmp_path):
     # sho's default data use a "year" column; a user CSV with "time" works too.
     spec = load_model("sho")
@@ -1130,8 +1155,14 @@ def test_to_panel_groups_and_pads():
     assert np.isnan(p.y[1, 2, 0]) and np.all(np.isnan(p.y[2, 1:, 0]))
     np.testing.assert_array_equal(p.inputs[1, :2, 0], [11, 14])
     np.testing.assert_array_equal(p.covariates["age"], [1, 2, 3])
-    with pytest.raises(ValueError, match="strictly increasing within subject 'b'"):
-        to_panel(np.array([0.0, 0.0]), np.zeros((2, 1)), np.array(["b", "b"]))
+    with pytest.raises(ValueError, match="non-decreasing within subject 'b'"):
+        to_panel(np.array([1.0, 0.0]), np.zeros((2, 1)), np.array(["b", "b"]))
+    with pytest.raises(ValueError, match="non-decreasing within subject 'b'"):
+        to_panel(np.array([0.0, np.nan]), np.zeros((2, 1)), np.array(["b", "b"]))
+    # Tied times (several rows at one time) are kept, in their order.
+    tied = to_panel(np.array([0.0, 1.0, 1.0]), np.arange(3.0)[:, None], np.array(["b"] * 3))
+    np.testing.assert_array_equal(tied.times, [[0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(tied.y[0, :, 0], [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="not constant within subject"):
         to_panel(
             np.array([0.0, 1.0]),
