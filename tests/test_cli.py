@@ -5,19 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+# The package under test, whatever the working folder of the command.
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
 
 def run_cli(*args, cwd=None, timeout=900, env=None):
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "kalmanad.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
+        env={**os.environ, **(env or {}), "PYTHONPATH": path},
     )
 
 
@@ -67,9 +72,11 @@ def test_missing_data_file_is_a_one_line_error(tmp_path):
 def test_bad_csv_is_a_one_line_error(tmp_path, body, fragment):
     path = tmp_path / "bad.csv"
     path.write_text(body)
-    res = run_cli("fit", "ou", str(path), "--no-plot", "--no-progress", "--out", str(tmp_path))
+    out = tmp_path / "out"
+    res = run_cli("fit", "ou", str(path), "--no-plot", "--no-progress", "--out", str(out))
     assert_one_line_error(res)
     assert fragment in res.stderr.lower() or fragment in res.stderr, res.stderr
+    assert not out.exists()
 
 
 def test_simulate_writes_a_csv(tmp_path):
@@ -116,16 +123,24 @@ def test_simulate_then_fit_round_trip(tmp_path):
     assert res.returncode == 0, res.stderr
     _, data = _csv_rows(sim)
     out = tmp_path / "out"
+    # Options before, between and after the positional arguments.
     res = run_cli(
         "fit",
-        "ou",
-        str(sim),
         "--warmup",
         "10",
+        "ou",
         "--draws",
         "10",
         "--chains",
         "1",
+        "--time",
+        "time",
+        str(sim),
+        "--method",
+        "sqrt",
+        "--checkpoint",
+        "7",
+        "--no-pointwise",
         "--no-plot",
         "--no-progress",
         "--out",
@@ -138,6 +153,125 @@ def test_simulate_then_fit_round_trip(tmp_path):
     # The fit saw exactly the simulated values.
     np.testing.assert_array_equal(idata.observed_data["y"].values[:, 0], data[:, 1])
     assert idata.posterior["theta"].shape == (1, 10)
+    assert "log_likelihood" not in idata.groups()
+    # Only the finished file is left in the folder (no temporary name).
+    assert sorted(p.name for p in out.iterdir()) == ["ou_fit.nc"]
+    # The summary is complete: every column, no '...', ESS as integers.
+    header = next(x for x in res.stdout.splitlines() if "ess_bulk" in x).split()
+    assert header[-3:] == ["ess_bulk", "ess_tail", "r_hat"]
+    row = next(x for x in res.stdout.splitlines() if x.startswith("theta")).split()
+    assert len(row) == len(header) + 1
+    assert row[header.index("ess_bulk") + 1].isdigit()
+    assert "..." not in res.stdout
+
+
+def test_fit_help_describes_the_csv_and_options():
+    res = run_cli("fit", "--help")
+    assert res.returncode == 0, res.stderr
+    for fragment in ("long format", "ties", "--subject", "NA", "--method", "--no-pointwise"):
+        assert fragment in res.stdout, fragment
+
+
+def test_fit_methods_are_the_filters():
+    from kalmanad.cli import FILTER_METHODS
+    from kalmanad.filter import METHODS
+
+    assert set(FILTER_METHODS) == set(METHODS)
+
+
+def test_options_may_follow_the_data_file(tmp_path):
+    # DATA after an option is still DATA: the error is about its columns.
+    path = tmp_path / "data.csv"
+    path.write_text("t,z\n0,1\n")
+    res = run_cli("fit", "ou", "--time", "t", str(path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(res, "data.csv", "missing column(s) 'y'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["fit", "ou", "--checkpoint", "4", "--method", "parallel"], ["--checkpoint", "sqrt"]),
+        (["fit", "ou", "--checkpoint", "0"], ["--checkpoint", "positive"]),
+        (["fit", "ou", "--method", "fast"], ["--method", "sequential"]),
+        (["fit", "ou", "--draws", "0"], ["--draws"]),
+        (["fit", "ou", "--chains", "0"], ["--chains"]),
+        (["fit", "ou", "--seed", "-2"], ["--seed"]),
+        (["fit", "ou", "--draws", "many"], ["--draws", "many"]),
+        (["fit", "ou", "a.csv", "b.csv"], ["b.csv"]),
+        (["fit"], ["model"]),
+        (["frobnicate"], ["frobnicate"]),
+        (["simulate", "ou", "--n", "0"], ["--n"]),
+        (["simulate", "ou", "--dt", "-1"], ["--dt"]),
+        (["simulate", "ou", "--param", "theta=nan"], ["theta", "nan"]),
+        (["simulate", "ou", "--param", "theta"], ["NAME=VALUE"]),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, args, fragments):
+    res = run_cli(*args, cwd=tmp_path)
+    assert_one_line_error(res, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_that_is_a_file_fails_before_sampling(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    res = run_cli("fit", "ou", "--out", str(taken))
+    assert_one_line_error(res, "taken", "not a folder")
+    assert taken.read_text() == "mine"
+    res = run_cli("simulate", "ou", "--out", str(tmp_path / "nowhere" / "sim.csv"))
+    assert_one_line_error(res, "nowhere", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_unfittable_model_is_a_one_line_error(tmp_path):
+    # A drift unstable at every prior draw: no starting point has a finite density.
+    spec = tmp_path / "unstable.toml"
+    spec.write_text(
+        '[model]\nlatent = ["x"]\nmanifest = ["y"]\n[parameters]\ntheta = "LogNormal(0, 1)"\n'
+        'noise = "HalfNormal(1)"\n[dynamics]\ndrift = [["theta"]]\ndiffusion = [[1]]\n'
+        '[measurement]\nloadings = [[1]]\nnoise_sd = [["noise"]]\n'
+    )
+    data = tmp_path / "d.csv"
+    data.write_text("time,y\n0,1\n1,2\n2,0.5\n")
+    out = tmp_path / "out"
+    res = run_cli("fit", str(spec), str(data), "--no-progress", "--out", str(out))
+    assert_one_line_error(res, "unstable", "stable drift", "--init map")
+    assert not out.exists()
+
+
+def test_summary_is_never_truncated():
+    import pandas as pd
+
+    from kalmanad.cli import _format_summary
+
+    columns = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd"]
+    columns += ["ess_bulk", "ess_tail", "r_hat"]
+    index = [f"a_very_long_parameter_name_{i}" for i in range(70)]
+    values = np.tile([1.234567e-5, 2.0, -3.0, 4.0, 1e-6, 2e-6, 812.6, 401.2, 1.0049], (70, 1))
+    with pd.option_context("display.width", 40, "display.max_columns", 3, "display.max_rows", 5):
+        text = _format_summary(pd.DataFrame(values, index=index, columns=columns), {"a": 1.0})
+        assert pd.get_option("display.width") == 40  # the caller's options are kept
+    lines = text.splitlines()
+    assert len(lines) == 71 and "..." not in text
+    assert lines[0].split() == [*columns, "truth"]
+    expected = [index[0], "1.235e-05", "2", "-3", "4", "1e-06", "2e-06", "813", "401"]
+    assert lines[1].split() == [*expected, "1.00", "NaN"]
+
+
+def test_outputs_appear_only_when_complete(tmp_path):
+    from kalmanad.cli import _written_when_complete
+
+    target = tmp_path / "result.nc"
+    with pytest.raises(RuntimeError), _written_when_complete(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with _written_when_complete(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+    assert list(tmp_path.iterdir()) == [target]
 
 
 def test_bad_simulate_parameter_is_a_one_line_error():
