@@ -300,7 +300,9 @@ def cmd_fit(args) -> int:
             f"{spec.name}: the log-density is not finite at any starting point tried near "
             "the prior median: check that typical prior draws give a stable drift (a "
             "stationary start needs one; or set [initial] state = 'diffuse'), positive "
-            f"variances and data on the scale the priors expect{also}"
+            "variances, data on the scale the priors expect, and a drift that is not stiff "
+            "over the longest gap (|A|*gap in the millions overflows: measure time in larger "
+            f"units){also}"
         ) from None
     names = [p for p in spec.parameters if p in idata.posterior.data_vars]
     names += [d for d in spec.derived if d in idata.posterior.data_vars]
@@ -388,11 +390,56 @@ def _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> Non
     plt.close(fig)
 
 
+def _read_inputs(spec, path: str):
+    from kalmanad.spec import DataError
+
+    if not Path(path).is_file():
+        raise CLIError(f"{path}: no such file")
+    try:
+        return spec.read_inputs(path)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+
+
+def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
+    """Observations simulated at ``times``; a stiff, stable model falls back soundly.
+
+    The default (Van Loan) discretisation overflows when ‖A‖·Δt is huge (a fast-decaying
+    state over a long gap). For a stable drift the stationary discretisation is exact
+    and stays finite, so it is used instead (with a note on stderr); for an unstable one
+    the message says what to change.
+    """
+    from kalmanad.statespace import simulate
+
+    y = np.asarray(simulate(model, times, key, inputs).observations)
+    if np.all(np.isfinite(y)):
+        return y
+    drift = np.asarray(model.drift)
+    stable = bool(np.all(np.linalg.eigvals(drift).real < 0))
+    if stable:
+        y = np.asarray(
+            simulate(model, times, key, inputs, discretization="stationary").observations
+        )
+        if np.all(np.isfinite(y)):
+            print(
+                f"kalmanad: note: {spec.name}: the drift is stiff for these gaps (the Van Loan "
+                "discretisation overflows); simulated with the stationary discretisation",
+                file=sys.stderr,
+            )
+            return y
+    largest = float(np.max(np.diff(times))) if len(times) > 1 else 0.0
+    scale = float(np.max(np.abs(drift))) * largest
+    raise CLIError(
+        f"{spec.name}: the simulation overflows (non-finite values): the drift is "
+        f"{'stable but stiff' if stable else 'not stable'} and |A|*gap reaches {scale:.3g}; "
+        "shorten the gaps (--dt), measure time in larger units, or choose parameters "
+        "with a stable drift"
+    )
+
+
 def cmd_simulate(args) -> int:
     _enable_x64()
     import jax
-
-    from kalmanad.statespace import simulate
 
     if args.n < 1:
         raise CLIError(f"--n must be at least 1, got {args.n}")
@@ -428,21 +475,34 @@ def cmd_simulate(args) -> int:
     k_prior, _k_times, k_sim = jax.random.split(key, 3)
     prior = spec.sample_prior(k_prior)
     params = {p: truth.get(p, prior[p]) for p in spec.parameters}
-    model = spec.build(params)
+    try:
+        model = spec.build(params)
+    except ValueError as e:
+        raise CLIError(f"{spec.name}: no valid model at these parameters: {e}") from None
     if spec.inputs:
-        raise CLIError(f"{spec.name} has inputs: simulate needs an input series (not supported)")
-    rng = np.random.default_rng(args.seed)
-    gaps = np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
-    times = np.concatenate([[0.0], np.cumsum(gaps)])
-    sim = simulate(model, times, k_sim)
-    y = np.asarray(sim.observations)
-    header = ",".join(["time", *spec.manifest])
-    rows = np.column_stack([times, y])
-    if not np.all(np.isfinite(rows)):
-        raise CLIError(
-            f"{spec.name}: the simulation overflowed (non-finite values) at these parameters "
-            "and --dt: check the drift's stability or shorten the series"
+        if args.inputs is None:
+            names = ", ".join(spec.inputs)
+            raise CLIError(
+                f"{spec.name} has inputs ({names}): give their series with --inputs FILE.csv "
+                "(a time column and one column per input; the simulation uses its times)"
+            )
+        times, inputs = _read_inputs(spec, args.inputs)
+    else:
+        if args.inputs is not None:
+            raise CLIError(f"--inputs: {spec.name} has no inputs")
+        rng = np.random.default_rng(args.seed)
+        gaps = (
+            np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
         )
+        times, inputs = np.concatenate([[0.0], np.cumsum(gaps)]), None
+    y = _simulate_observations(spec, model, times, inputs, k_sim)
+    columns = ["time", *spec.manifest]
+    rows = np.column_stack([times, y])
+    if inputs is not None:
+        _, input_columns, _ = spec._columns()
+        columns += [input_columns[x] for x in spec.inputs]
+        rows = np.column_stack([rows, inputs])
+    header = ",".join(columns)
     comment = (
         f"# simulated from {spec.name} with "
         + ", ".join(f"{k}={float(np.asarray(v)):.6g}" for k, v in params.items() if np.ndim(v) == 0)
@@ -550,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="parameter value (default: the spec's truth, else a prior draw)",
+    )
+    s.add_argument(
+        "--inputs",
+        metavar="FILE.csv",
+        help="for a model with inputs: a CSV with a time column and one column per input; "
+        "the simulation uses its times (not --n, --dt) and copies the inputs to the output",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="CSV file (default: stdout)")

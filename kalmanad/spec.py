@@ -2425,6 +2425,35 @@ class ModelSpec:
             path, time=time, subject=subject, manifest=manifest, inputs=inputs, covariates=covs
         )
 
+    def read_inputs(self, path: str | Path, *, time: str | None = None):
+        """Read the times and input series of a long-format CSV (no observations needed).
+
+        Columns: the time column (``time``; default as in :meth:`read_data`) and one
+        column per input (named as the input unless ``[data] columns`` maps it); other
+        columns are ignored. Used to simulate a model with inputs at given times.
+
+        Returns:
+            ``(times (N,), inputs (N, k))``.
+
+        Raises:
+            DataError: the model has no inputs, or any problem :meth:`read_data` reports.
+        """
+        path = Path(path)
+        if not self.inputs:
+            raise DataError(f"{path}: {self.name} has no inputs to read")
+        _, inputs, _ = self._columns()
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                header = [h.strip() for h in _first_row(fh)]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            header = []  # _read_csv reports it
+        if time is None:
+            time = self.data.time
+            if time not in header and "time" in header:
+                time = "time"
+        data = _read_csv(path, time=time, subject=None, manifest={}, inputs=inputs, covariates={})
+        return data.times, data.inputs
+
     def default_data(self) -> ModelData:
         """The bundled default data set (``[data] file``), read with :meth:`read_data`.
 

@@ -1131,6 +1131,19 @@ def test_read_data_accepts_tied_times(tmp_path):
         spec.read_data(_write(tmp_path, "time,y1,y2\n1,1,1\n1,1,1\n0,1,1\n"))
 
 
+def test_read_inputs(tmp_path):
+    spec = ModelSpec.from_dict(
+        _ou_dict(**{"model.inputs": ["dose"], "dynamics.input_effect": [["theta"]]})
+    )
+    times, inputs = spec.read_inputs(_write(tmp_path, "time,dose\n0,1\n0,2\n4,0\n"))
+    np.testing.assert_array_equal(times, [0.0, 0.0, 4.0])
+    np.testing.assert_array_equal(inputs, [[1.0], [2.0], [0.0]])
+    with pytest.raises(DataError, match=r"line 3, column 'dose': missing value"):
+        spec.read_inputs(_write(tmp_path, "time,dose\n0,1\n1,\n"))
+    with pytest.raises(DataError, match="ou has no inputs"):
+        load_model("ou").read_inputs(_write(tmp_path, "time,dose\n0,1\n"))
+
+
 def test_read_data_time_fallback_and_model_kwargs(tmp_path):
     # sho's default data use a "year" column; a user CSV with "time" works too.
     spec = load_model("sho")
