@@ -13,16 +13,84 @@ error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 EXIT_USAGE = 2
 
+#: The filters ``fit --method`` offers (kalmanad.filter.METHODS).
+FILTER_METHODS = ("sequential", "sqrt", "parallel")
+
+CSV_LAYOUT = """\
+DATA is a CSV in long format, one row per observation time (and subject):
+
+  time,y1,y2            a time column (--time; default the spec's [data] time,
+  0.0,1.25,0.3            else 'time'), one column per manifest variable named as
+  0.7,,0.1                in the spec (or mapped by its [data] columns), one per
+  0.7,1.1,                input and covariate, and for a panel a subject column
+  1.9,NA,0.4              (--subject; default the spec's, else 'subject').
+
+Other columns are ignored. Empty cells and NA/NaN are missing observations (manifest
+columns only). Lines starting with '#' are comments. Times are sorted within each
+subject; rows may share a time (ties), but a time may not decrease or be missing.
+Without DATA the model's bundled data are used.
+"""
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Options and positional arguments in any order; usage errors as one line.
+
+    argparse fills an optional positional (``fit MODEL [DATA]``) with the first group of
+    positional strings, so ``fit ou --time t data.csv`` would leave ``data.csv``
+    unrecognised; intermixed parsing reads the options first, then the positionals.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def error(self, message):
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+@contextlib.contextmanager
+def _written_when_complete(target: Path):
+    """Yield a temporary path next to ``target``; rename it to ``target`` on success.
+
+    A run that fails or is interrupted leaves no partial file (and no temporary one).
+    """
+    target = Path(target)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # XLA's older CPU fusion emitters compile the sampler about twice as fast (measured on
@@ -127,7 +195,71 @@ def cmd_describe(args) -> int:
     return 0
 
 
+def _check_fit_options(args) -> None:
+    """Option values that argparse's types do not rule out, checked before any work."""
+    for option, value in (("--draws", args.draws), ("--warmup", args.warmup)):
+        if value < 0 or (option == "--draws" and value == 0):
+            least = "1" if option == "--draws" else "0"
+            raise CLIError(f"{option} must be at least {least}, got {value}")
+    if args.chains < 1:
+        raise CLIError(f"--chains must be at least 1, got {args.chains}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.checkpoint is not None:
+        if args.checkpoint < 1:
+            raise CLIError(f"--checkpoint must be a positive segment length, got {args.checkpoint}")
+        if args.method == "parallel":
+            raise CLIError(
+                "--checkpoint applies to --method sequential or sqrt (the parallel filter has "
+                "no sequential segments to rematerialise): drop one of them"
+            )
+    _check_out_dir(Path(args.out))
+
+
+def _check_out_dir(out: Path) -> None:
+    """The output folder must be a folder (or creatable): checked before sampling."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: exists and is not a folder")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: cannot write in {parent}")
+
+
+def _format_summary(summary, truth=None) -> str:
+    """The ArviZ summary as text: every row and column, ESS as integers, R-hat to 0.01.
+
+    Point estimates, intervals and Monte Carlo errors keep 4 significant digits, so
+    small and large parameters both read well. pandas' display options are set only
+    inside this function.
+    """
+    import pandas as pd
+
+    table = summary.copy()
+    if truth:
+        table["truth"] = [truth.get(str(k).split("[")[0], np.nan) for k in table.index]
+
+    # pandas writes missing values (R-hat of one chain, an unknown truth) as NaN itself.
+    formatters = {
+        c: "{:.0f}".format
+        if c.startswith("ess")
+        else "{:.2f}".format
+        if c == "r_hat"
+        else "{:.4g}".format
+        for c in table.columns
+    }
+    with pd.option_context(
+        "display.max_rows", None, "display.max_columns", None, "display.width", None
+    ):
+        return table.to_string(formatters=formatters)
+
+
+def _write_netcdf(idata, path: Path) -> None:
+    with _written_when_complete(path) as tmp:
+        idata.to_netcdf(str(tmp))
+
+
 def cmd_fit(args) -> int:
+    _check_fit_options(args)
     _enable_x64()
     spec = _load(args.model)
     data, default = _read(spec, args.data, args.time, args.subject)
@@ -141,43 +273,58 @@ def cmd_fit(args) -> int:
     n_obs = int(np.isfinite(y).sum())
     shape = "x".join(str(s) for s in np.shape(y))
     print(f"kalmanad fit {spec.name}: {source} ({shape} array, {n_obs} observed values)")
-    idata = fit_nuts(
-        spec,
-        times,
-        y,
-        inputs,
-        num_warmup=args.warmup,
-        num_samples=args.draws,
-        num_chains=args.chains,
-        chain_method=args.chain_method,
-        seed=args.seed,
-        init=args.init,
-        dense_mass=args.dense_mass,
-        progress_bar=not args.no_progress,
-        **kwargs,
-    )
+    filter_options = {"method": args.method, "checkpoint": args.checkpoint}
+    try:
+        idata = fit_nuts(
+            spec,
+            times,
+            y,
+            inputs,
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            num_chains=args.chains,
+            chain_method=args.chain_method,
+            seed=args.seed,
+            init=args.init,
+            dense_mass=args.dense_mass,
+            progress_bar=not args.no_progress,
+            pointwise=not args.no_pointwise,
+            **filter_options,
+            **kwargs,
+        )
+    except RuntimeError as e:
+        if "Cannot find valid initial parameters" not in str(e):
+            raise
+        also = "" if args.init == "map" else "; try --init map"
+        raise CLIError(
+            f"{spec.name}: the log-density is not finite at any starting point tried near "
+            "the prior median: check that typical prior draws give a stable drift (a "
+            "stationary start needs one; or set [initial] state = 'diffuse'), positive "
+            "variances, data on the scale the priors expect, and a drift that is not stiff "
+            "over the longest gap (|A|*gap in the millions overflows: measure time in larger "
+            f"units){also}"
+        ) from None
     names = [p for p in spec.parameters if p in idata.posterior.data_vars]
     names += [d for d in spec.derived if d in idata.posterior.data_vars]
-    summary = az.summary(idata, var_names=names, round_to=4)
+    summary = az.summary(idata, var_names=names, round_to="none")
     truth = getattr(spec.data, "truth", None) if default else None
-    if truth:
-        summary["truth"] = [truth.get(str(k).split("[")[0], np.nan) for k in summary.index]
-    import pandas as pd
-
-    with pd.option_context("display.max_rows", 200, "display.width", 160):
-        print(summary)
+    print(_format_summary(summary, truth))
     n_div = int(idata.sample_stats["diverging"].values.sum())
     print(f"divergent transitions: {n_div}")
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    nc = out / f"{spec.name}_fit.nc"
-    idata.to_netcdf(str(nc))
-    print(f"wrote {nc}")
-    if not args.no_plot:
-        png = out / f"{spec.name}_fit.png"
-        _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, png)
-        print(f"wrote {png}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        nc = out / f"{spec.name}_fit.nc"
+        _write_netcdf(idata, nc)
+        print(f"wrote {nc}")
+        if not args.no_plot:
+            png = out / f"{spec.name}_fit.png"
+            with _written_when_complete(png) as tmp:
+                _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, tmp)
+            print(f"wrote {png}")
+    except OSError as e:
+        raise CLIError(f"--out {out}: cannot write: {e.strerror or e}") from None
     return 0
 
 
@@ -239,16 +386,73 @@ def _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> Non
             axes[0, j].set_title(f"subject {label}")
     fig.suptitle(f"{spec.name}: smoothed signal (posterior mean, 90% band) and data")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
+
+
+def _read_inputs(spec, path: str):
+    from kalmanad.spec import DataError
+
+    if not Path(path).is_file():
+        raise CLIError(f"{path}: no such file")
+    try:
+        return spec.read_inputs(path)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+
+
+def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
+    """Observations simulated at ``times``; a stiff, stable model falls back soundly.
+
+    The default (Van Loan) discretisation overflows when ‖A‖·Δt is huge (a fast-decaying
+    state over a long gap). For a stable drift the stationary discretisation is exact
+    and stays finite, so it is used instead (with a note on stderr); for an unstable one
+    the message says what to change.
+    """
+    from kalmanad.statespace import simulate
+
+    y = np.asarray(simulate(model, times, key, inputs).observations)
+    if np.all(np.isfinite(y)):
+        return y
+    drift = np.asarray(model.drift)
+    stable = bool(np.all(np.linalg.eigvals(drift).real < 0))
+    if stable:
+        y = np.asarray(
+            simulate(model, times, key, inputs, discretization="stationary").observations
+        )
+        if np.all(np.isfinite(y)):
+            print(
+                f"kalmanad: note: {spec.name}: the drift is stiff for these gaps (the Van Loan "
+                "discretisation overflows); simulated with the stationary discretisation",
+                file=sys.stderr,
+            )
+            return y
+    largest = float(np.max(np.diff(times))) if len(times) > 1 else 0.0
+    scale = float(np.max(np.abs(drift))) * largest
+    raise CLIError(
+        f"{spec.name}: the simulation overflows (non-finite values): the drift is "
+        f"{'stable but stiff' if stable else 'not stable'} and |A|*gap reaches {scale:.3g}; "
+        "shorten the gaps (--dt), measure time in larger units, or choose parameters "
+        "with a stable drift"
+    )
 
 
 def cmd_simulate(args) -> int:
     _enable_x64()
     import jax
 
-    from kalmanad.statespace import simulate
-
+    if args.n < 1:
+        raise CLIError(f"--n must be at least 1, got {args.n}")
+    if not (math.isfinite(args.dt) and args.dt > 0):
+        raise CLIError(f"--dt must be a positive number, got {args.dt}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.out not in (None, "-"):
+        target = Path(args.out)
+        if target.is_dir():
+            raise CLIError(f"--out {target}: is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise CLIError(f"--out {target}: the folder {target.parent} does not exist")
     spec = _load(args.model)
     if spec.is_hierarchical:
         raise CLIError(f"{spec.name} is hierarchical: simulate one subject's model instead")
@@ -265,45 +469,72 @@ def cmd_simulate(args) -> int:
             truth[k] = float(v)
         except ValueError:
             raise CLIError(f"--param {k}: {v!r} is not a number") from None
+        if not math.isfinite(truth[k]):
+            raise CLIError(f"--param {k}: {v!r} is not a finite number")
     key = jax.random.PRNGKey(args.seed)
     k_prior, _k_times, k_sim = jax.random.split(key, 3)
     prior = spec.sample_prior(k_prior)
     params = {p: truth.get(p, prior[p]) for p in spec.parameters}
-    model = spec.build(params)
-    if spec.inputs:
-        raise CLIError(f"{spec.name} has inputs: simulate needs an input series (not supported)")
-    rng = np.random.default_rng(args.seed)
-    gaps = np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
-    times = np.concatenate([[0.0], np.cumsum(gaps)])
-    sim = simulate(model, times, k_sim)
-    y = np.asarray(sim.observations)
-    header = ",".join(["time", *spec.manifest])
-    rows = np.column_stack([times, y])
-    out = sys.stdout if args.out in (None, "-") else open(args.out, "w")
     try:
-        out.write(
-            f"# simulated from {spec.name} with "
-            + ", ".join(
-                f"{k}={float(np.asarray(v)):.6g}" for k, v in params.items() if np.ndim(v) == 0
+        model = spec.build(params)
+    except ValueError as e:
+        raise CLIError(f"{spec.name}: no valid model at these parameters: {e}") from None
+    if spec.inputs:
+        if args.inputs is None:
+            names = ", ".join(spec.inputs)
+            raise CLIError(
+                f"{spec.name} has inputs ({names}): give their series with --inputs FILE.csv "
+                "(a time column and one column per input; the simulation uses its times)"
             )
-            + f"; seed={args.seed}\n"
+        times, inputs = _read_inputs(spec, args.inputs)
+    else:
+        if args.inputs is not None:
+            raise CLIError(f"--inputs: {spec.name} has no inputs")
+        rng = np.random.default_rng(args.seed)
+        gaps = (
+            np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
         )
+        times, inputs = np.concatenate([[0.0], np.cumsum(gaps)]), None
+    y = _simulate_observations(spec, model, times, inputs, k_sim)
+    columns = ["time", *spec.manifest]
+    rows = np.column_stack([times, y])
+    if inputs is not None:
+        _, input_columns, _ = spec._columns()
+        columns += [input_columns[x] for x in spec.inputs]
+        rows = np.column_stack([rows, inputs])
+    header = ",".join(columns)
+    comment = (
+        f"# simulated from {spec.name} with "
+        + ", ".join(f"{k}={float(np.asarray(v)):.6g}" for k, v in params.items() if np.ndim(v) == 0)
+        + f"; seed={args.seed}\n"
+    )
+
+    def write(out) -> None:
+        out.write(comment)
         out.write(header + "\n")
-        for r in rows:
-            out.write(",".join(f"{v:.10g}" for v in r) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-            print(f"wrote {args.out} ({args.n} rows)", file=sys.stderr)
+        # Every digit (Python's shortest exact repr): the file reads back to the
+        # simulated values, and close times of a long series stay distinct.
+        for r in rows.tolist():
+            out.write(",".join(map(repr, r)) + "\n")
+
+    if args.out in (None, "-"):
+        write(sys.stdout)
+        return 0
+    try:
+        with _written_when_complete(Path(args.out)) as tmp, open(tmp, "w") as out:
+            write(out)
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    print(f"wrote {args.out} ({args.n} rows)", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kalmanad",
         description="Fit continuous-time linear SDE models to time series (NumPyro NUTS).",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("models", help="list the model zoo")
     s.set_defaults(func=cmd_models)
@@ -312,7 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="zoo name or path to a .toml spec")
     s.set_defaults(func=cmd_describe)
 
-    s = sub.add_parser("fit", help="sample a model's posterior with NUTS")
+    s = sub.add_parser(
+        "fit",
+        help="sample a model's posterior with NUTS",
+        description="Sample a model's posterior with NUTS: print the summary, write\n"
+        "OUT/<model>_fit.nc and OUT/<model>_fit.png. Options and arguments may come in\n"
+        "any order.",
+        epilog=CSV_LAYOUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("model", help="zoo name or path to a .toml spec")
     s.add_argument("data", nargs="?", help="CSV in long format (default: the bundled data)")
     s.add_argument("--time", help="name of the time column (default: the spec's, or 'time')")
@@ -335,6 +574,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="adapt a dense mass matrix (correlated parameters, e.g. a CT-VAR drift)",
     )
+    s.add_argument(
+        "--method",
+        default="sequential",
+        choices=FILTER_METHODS,
+        help="Kalman filter: sequential (default), sqrt (square-root, for ill-conditioned "
+        "models) or parallel (associative scan, for long series on an accelerator)",
+    )
+    s.add_argument(
+        "--checkpoint",
+        type=int,
+        metavar="K",
+        help="rematerialise the filter's gradient in segments of K steps: memory "
+        "O(T/K + K) instead of O(T) for long series (sequential and sqrt)",
+    )
+    s.add_argument(
+        "--no-pointwise",
+        action="store_true",
+        help="leave the per-time log-likelihood (for arviz.loo) out of the netCDF: "
+        "it takes draws x chains x times x 8 bytes",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="kalmanad_out", help="output folder (netCDF and PNG)")
     s.add_argument("--no-plot", action="store_true")
@@ -352,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="parameter value (default: the spec's truth, else a prior draw)",
     )
+    s.add_argument(
+        "--inputs",
+        metavar="FILE.csv",
+        help="for a model with inputs: a CSV with a time column and one column per input; "
+        "the simulation uses its times (not --n, --dt) and copies the inputs to the output",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="CSV file (default: stdout)")
     s.set_defaults(func=cmd_simulate)
@@ -360,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
     except CLIError as e:
         print(f"kalmanad: error: {e}", file=sys.stderr)

@@ -120,6 +120,7 @@ from __future__ import annotations
 import ast
 import csv
 import difflib
+import inspect
 import keyword
 import math
 import operator
@@ -554,6 +555,7 @@ def parse_prior(text, *, source: str | None = None, where: str | None = None) ->
         raise fail(f"a prior must be a string such as 'Normal(0, 1)', got {text!r}")
     name, args, kwargs = _parse_call(text, PRIORS, "prior", fail)
     cls = PRIORS[name]
+    _check_prior_arguments(name, args, kwargs, text.strip(), fail)
     try:
         d = cls(*args, **kwargs, validate_args=True)
     except (TypeError, ValueError) as e:
@@ -561,6 +563,64 @@ def parse_prior(text, *, source: str | None = None, where: str | None = None) ->
     if d.batch_shape != () or d.event_shape != ():
         raise fail(f"prior {text.strip()!r} must be scalar")
     return _Prior(text.strip(), lambda: cls(*args, **kwargs))
+
+
+# Prior arguments that must be positive (scales, rates, shapes, degrees of freedom).
+_POSITIVE_PRIOR_ARGUMENTS = frozenset(
+    {"scale", "rate", "concentration", "concentration0", "concentration1", "df"}
+)
+
+
+def _check_prior_arguments(name: str, args: list, kwargs: dict, text: str, fail) -> None:
+    """Check a prior's arguments by name, before NumPyro sees them.
+
+    Raises (via ``fail``) for too many or unknown arguments, missing required ones,
+    a scale, rate, shape or degrees of freedom that is not positive, and bounds
+    ``low >= high`` (Uniform, TruncatedNormal); each message names the argument and
+    the prior as written.
+    """
+    params = [
+        p
+        for p in inspect.signature(PRIORS[name]).parameters.values()
+        if p.name != "validate_args"
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    names = [p.name for p in params]
+    usage = f"{name}({', '.join(positional + [f'{k}=...' for k in names if k not in positional])})"
+    if len(args) > len(positional):
+        raise fail(
+            f"invalid prior {text!r}: {name} takes at most {len(positional)} positional "
+            f"argument{'s' if len(positional) != 1 else ''}: {usage}"
+        )
+    bound = dict(zip(positional, args, strict=False))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise fail(
+                f"invalid prior {text!r}: {name} has no argument {key!r}{_suggest(key, names)}; "
+                f"it takes {usage}"
+            )
+        if key in bound:
+            raise fail(f"invalid prior {text!r}: {name}'s {key!r} is given twice")
+        bound[key] = value
+    missing = [p.name for p in params if p.default is p.empty and p.name not in bound]
+    if missing:
+        raise fail(f"invalid prior {text!r}: {name} needs {', '.join(missing)}: {usage}")
+    for key, value in bound.items():
+        if key in _POSITIVE_PRIOR_ARGUMENTS and not value > 0:
+            hint = f" (did you mean {-value:g}?)" if value < 0 else ""
+            raise fail(
+                f"invalid prior {text!r}: the {key} of {name} must be positive, got {value:g}{hint}"
+            )
+    low, high = bound.get("low"), bound.get("high")
+    if name == "Uniform":
+        low, high = bound.get("low", 0.0), bound.get("high", 1.0)
+    if low is not None and high is not None and not low < high:
+        fix = f"; write {name}({high:g}, {low:g})" if name == "Uniform" and low > high else ""
+        raise fail(
+            f"invalid prior {text!r}: the lower bound {low:g} must be below the upper "
+            f"bound {high:g}{fix}"
+        )
 
 
 def _positive_support(prior: _Prior) -> bool:
@@ -585,10 +645,11 @@ def _check_identifier(name, what: str, fail) -> str:
 class _Cells:
     """A matrix or vector given cell by cell: constant base + dynamic cells."""
 
-    def __init__(self, shape, base: np.ndarray, dynamic: list):
+    def __init__(self, shape, base: np.ndarray, dynamic: list, wheres: dict | None = None):
         self.shape = shape
         self.base = base  # float64 numpy array of constant cells
         self.dynamic = dynamic  # [(positions [(i, j), ...], Expression)]
+        self.wheres = wheres or {}  # position -> field and cell, for error messages
 
     @property
     def expressions(self):
@@ -768,9 +829,11 @@ class _Parser:
     def cells_from(self, shape, cells, where, known, *, index=None, mirror=False):
         base = np.zeros(shape)
         dynamic = []
+        wheres = {}
         for pos, cell in cells.items():
             label = index(pos) if index else "".join(f"[{p}]" for p in pos)
-            e = self.expr(cell, known, f"{where}{label}")
+            wheres[pos] = f"{where}{label}"
+            e = self.expr(cell, known, wheres[pos])
             targets = [pos]
             if mirror and pos[0] != pos[1]:
                 targets.append((pos[1], pos[0]))
@@ -779,7 +842,7 @@ class _Parser:
                     base[t] = e.constant
             else:
                 dynamic.append((targets, e))
-        return _Cells(shape, base, dynamic)
+        return _Cells(shape, base, dynamic, wheres)
 
     def builder(self, value, shape, where, known, builders):
         name = value["builder"]
@@ -1015,7 +1078,8 @@ class ModelData(NamedTuple):
     """A data set in long format (one row per observation time and subject).
 
     Attributes:
-        times: (N,) observation times (strictly increasing within each subject).
+        times: (N,) observation times (non-decreasing within each subject; ties are
+            several rows at one time).
         y: (N, m) observations in the spec's manifest order; NaN = missing.
         subject: (N,) subject labels (strings), or None for a single series.
         inputs: (N, k) time-varying inputs in the spec's input order, or None.
@@ -1076,7 +1140,7 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
     """Group long-format data by subject and pad to (S, T, ...) arrays.
 
     Args:
-        times: (N,) times, increasing within each subject.
+        times: (N,) times, non-decreasing within each subject (ties allowed).
         y: (N, m) observations (an all-NaN array for prior-predictive use).
         subject: (N,) subject labels of any hashable type.
         inputs: (N, k) inputs or None.
@@ -1087,8 +1151,8 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
         subject in their original order.
 
     Raises:
-        ValueError: mismatched lengths, times not strictly increasing within a
-            subject, or a covariate that varies within a subject.
+        ValueError: mismatched lengths, times decreasing (or NaN) within a subject,
+            or a covariate that varies within a subject.
     """
     times = np.asarray(times, dtype=float)
     if times.ndim != 1:
@@ -1121,11 +1185,11 @@ def to_panel(times, y, subject, inputs=None, covariates=None) -> PanelData:
     for s in range(n_sub):
         rows = np.flatnonzero(code == s)
         ts = times[rows]
-        bad = np.flatnonzero(np.diff(ts) <= 0)
+        bad = np.flatnonzero(~(np.diff(ts) >= 0))
         if bad.size:
             k = bad[0]
             raise ValueError(
-                f"times must be strictly increasing within subject {labels[s]!r}: time "
+                f"times must be non-decreasing within subject {labels[s]!r}: time "
                 f"{ts[k + 1]!r} (row {rows[k + 1]}) follows {ts[k]!r} (row {rows[k]})"
             )
         c = rows.size
@@ -1164,6 +1228,12 @@ def _is_comment(row) -> bool:
 def _first_row(fh) -> list:
     """The first non-comment row of a CSV file (the header), or []."""
     return next((r for r in csv.reader(fh) if not _is_comment(r)), [])
+
+
+def _show_number(value: float) -> str:
+    """A number as short as ``%g`` when that is exact, else every digit (``repr``)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, covariates):
@@ -1236,15 +1306,16 @@ def _read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, c
         empty = [ln for (ln, _), s in zip(body, subj, strict=True) if not s]
         if empty:
             raise DataError(f"{where}: line {empty[0]}, column {subject!r}: missing subject id")
-    # Sorted, strictly increasing times within each subject.
+    # Sorted times within each subject; ties (several rows at one time) are allowed.
     last: dict = {}
     for k, (lineno, _) in enumerate(body):
         key = subj[k] if subj is not None else None
-        if key in last and times[k] <= last[key][0]:
+        if key in last and times[k] < last[key][0]:
             who = f" within subject {key!r}" if subj is not None else ""
             raise DataError(
-                f"{where}: line {lineno}: time {times[k]:g} is not after {last[key][0]:g} "
-                f"(line {last[key][1]}); times must be strictly increasing{who}"
+                f"{where}: line {lineno}: time {_show_number(times[k])} is before "
+                f"{_show_number(last[key][0])} (line {last[key][1]}); times must be in "
+                f"increasing order{who} (ties allowed): sort the rows by time"
             )
         last[key] = (times[k], lineno)
     if subj is not None:
@@ -1622,6 +1693,9 @@ class ModelSpec:
                             "'coefficients' for an unconstrained polynomial",
                         )
 
+        self._check_variances(p)
+        self._check_constant_drift(p)
+
         # -- unused parameters ---------------------------------------------------------
         used = set()
         for f in self._fields.values():
@@ -1746,6 +1820,96 @@ class ModelSpec:
         if name in self.derived:
             return _sign(self.derived[name].tree, self._name_sign)
         return _ANY  # pragma: no cover - names are validated before
+
+    def _free_parameters(self, names) -> set:
+        """The free parameters that ``names`` depend on (through derived quantities too)."""
+        out: set = set()
+        for name in names:
+            if name in self._priors:
+                out.add(name)
+            elif name in self.derived:
+                out |= self._free_parameters(self.derived[name].names)
+        return out
+
+    def _check_variances(self, p) -> None:
+        """Variances and standard deviations must not be given negative-support priors.
+
+        The diagonal cells of ``diffusion``, ``noise`` and ``[initial] cov`` are
+        variances; those of ``diffusion_sd``, ``noise_sd`` and ``[initial] sd`` (and the
+        ``sd`` of ``stationary_sd``) standard deviations. A cell that sign analysis
+        cannot prove non-negative and that uses a parameter whose prior reaches below
+        zero is an error naming the cell and the parameter; a negative constant
+        variance is one too.
+        """
+        kinds = {
+            "diffusion": "variance",
+            "noise": "variance",
+            "cov": "variance",
+            "diffusion_sd": "standard deviation",
+            "noise_sd": "standard deviation",
+            "sd": "standard deviation",
+        }
+        for f in self._fields.values():
+            kind = kinds.get(f.key)
+            if kind is None:
+                continue
+            cells = []  # (where, Expression or constant)
+            if isinstance(f.spec, _Cells):
+                dynamic = {pos: e for targets, e in f.spec.dynamic for pos in targets}
+                for i in range(min(f.spec.shape)):
+                    where = f.spec.wheres.get((i, i), f"{f.where}[{i}][{i}]")
+                    cells.append((where, dynamic.get((i, i), float(f.spec.base[i, i]))))
+            elif isinstance(f.spec, _StationarySD):
+                cells.append((f"{f.where}.sd", f.spec.sd))
+            for where, cell in cells:
+                if not isinstance(cell, Expression):
+                    if kind == "variance" and cell < 0:
+                        raise p.error(
+                            where,
+                            f"a variance cannot be negative, got {cell:g} (diagonal cells of "
+                            f"{f.key!r} are variances; give {f.key}_sd for standard deviations)"
+                            if f.key != "cov"
+                            else f"a variance cannot be negative, got {cell:g}",
+                        )
+                    continue
+                if _sign(cell.tree, self._name_sign) >= _NONNEG:
+                    continue
+                culprits = [
+                    x
+                    for x in sorted(self._free_parameters(cell.names))
+                    if not _positive_support(self._priors[x])
+                ]
+                if culprits:
+                    x = culprits[0]
+                    square = f", or write {x}^2" if kind == "variance" else ""
+                    raise p.error(
+                        where,
+                        f"{kind} {cell.text!r} can be negative: {x} has the prior "
+                        f"{self._priors[x].text!r}, which allows negative values; give {x} a "
+                        f"positive prior (HalfNormal, LogNormal, Exponential, Gamma){square}",
+                    )
+
+    def _check_constant_drift(self, p) -> None:
+        """A drift with no free parameter must be stable when the start is stationary."""
+        if self.initial_state != "stationary":
+            return
+        drift = self._fields["drift"]
+        if self._free_parameters(drift.names):
+            return
+        values = {x: jnp.asarray(1.0) for x in self.parameters}
+        env = self._env(values, jnp.result_type(float))
+        a = np.asarray(drift.value(env, jnp.result_type(float), {}), dtype=float)
+        eigenvalues = np.linalg.eigvals(a)
+        worst = eigenvalues[np.argmax(eigenvalues.real)]
+        if worst.real >= 0:
+            shown = f"{worst.real:g}" if abs(worst.imag) < 1e-12 else f"{worst:g}"
+            raise p.error(
+                drift.where,
+                f"the drift is constant and not stable (eigenvalue {shown} has real part >= 0), "
+                "so the default stationary initial state does not exist: make the drift "
+                "stable (eigenvalues with negative real parts), or set [initial] "
+                "state = 'diffuse' (or a known start with mean and sd)",
+            )
 
     def _parse_random_effects(self, p, table):
         if table is None:
@@ -2234,8 +2398,8 @@ class ModelSpec:
 
         Raises:
             DataError: a one-line message (file, line, column) for a missing file or
-                column, a non-numeric cell, times not strictly increasing within a
-                subject, or a covariate that changes within a subject.
+                column, a non-numeric or missing time, times that decrease within a
+                subject (ties are allowed), or a covariate that changes within a subject.
         """
         path = Path(path)
         manifest, inputs, covs = self._columns()
@@ -2260,6 +2424,35 @@ class ModelSpec:
         return _read_csv(
             path, time=time, subject=subject, manifest=manifest, inputs=inputs, covariates=covs
         )
+
+    def read_inputs(self, path: str | Path, *, time: str | None = None):
+        """Read the times and input series of a long-format CSV (no observations needed).
+
+        Columns: the time column (``time``; default as in :meth:`read_data`) and one
+        column per input (named as the input unless ``[data] columns`` maps it); other
+        columns are ignored. Used to simulate a model with inputs at given times.
+
+        Returns:
+            ``(times (N,), inputs (N, k))``.
+
+        Raises:
+            DataError: the model has no inputs, or any problem :meth:`read_data` reports.
+        """
+        path = Path(path)
+        if not self.inputs:
+            raise DataError(f"{path}: {self.name} has no inputs to read")
+        _, inputs, _ = self._columns()
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                header = [h.strip() for h in _first_row(fh)]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            header = []  # _read_csv reports it
+        if time is None:
+            time = self.data.time
+            if time not in header and "time" in header:
+                time = "time"
+        data = _read_csv(path, time=time, subject=None, manifest={}, inputs=inputs, covariates={})
+        return data.times, data.inputs
 
     def default_data(self) -> ModelData:
         """The bundled default data set (``[data] file``), read with :meth:`read_data`.

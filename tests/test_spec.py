@@ -558,11 +558,30 @@ def test_priors():
         ("Normal(0, 1", "cannot parse prior"),
         ("Normal(0, 1, wrong=2)", "invalid prior"),
         (3, "must be a string"),
+        (
+            "HalfNormal(-1)",
+            r"the scale of HalfNormal must be positive, got -1 \(did you mean 1\?\)",
+        ),
+        ("Gamma(0, 1)", "the concentration of Gamma must be positive, got 0"),
+        ("StudentT(-3, 0, 1)", "the df of StudentT must be positive"),
+        (
+            "Uniform(1, -1)",
+            r"lower bound 1 must be below the upper bound -1; write Uniform\(-1, 1\)",
+        ),
+        ("Uniform(2, 2)", "lower bound 2 must be below the upper bound 2"),
+        ("TruncatedNormal(0, 1, low=1, high=-1)", "lower bound 1 must be below the upper bound -1"),
+        ("Normal(0, 1, 2)", r"takes at most 2 positional arguments: Normal\(loc, scale\)"),
+        ("Normal(0, 1, scal=2)", r"no argument 'scal' \(did you mean 'scale'\?\)"),
+        ("Normal(0, 1, scale=2)", "'scale' is given twice"),
+        ("Gamma()", r"Gamma needs concentration: Gamma\(concentration, rate\)"),
+        ("Normal(0, 1, validate_args=1)", "no argument 'validate_args'"),
     ],
 )
 def test_prior_errors(text, message):
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(SpecError, match=message) as info:
         parse_prior(text, source="m.toml", where="[parameters] x")
+    assert str(info.value).startswith("m.toml: [parameters] x: ")
+    assert "distribution got invalid" not in str(info.value)
 
 
 # --------------------------------------------------------------------- matrix forms
@@ -793,6 +812,80 @@ def test_ma_loadings_coefficients_and_quadratic_factors():
             "'fixed' is fixed",
         ),
         (
+            {"parameters.theta": "Uniform(1, -1)"},
+            r"\[parameters\] theta",
+            r"lower bound 1 must be below the upper bound -1; write Uniform\(-1, 1\)",
+        ),
+        (
+            {"parameters.sigma": "HalfNormal(-1)"},
+            r"\[parameters\] sigma",
+            "the scale of HalfNormal must be positive",
+        ),
+        (
+            {"dynamics.drift": [[0.5]], "parameters.theta": None},
+            r"\[dynamics\] drift",
+            r"constant and not stable \(eigenvalue 0.5 .*state = 'diffuse'",
+        ),
+        (
+            {
+                "dynamics.drift": [[0, 1], [-1, 0]],
+                "parameters.theta": None,
+                "model.latent": ["x", "v"],
+                "dynamics.diffusion_sd": {"diagonal": [0, "sigma"]},
+                "measurement.loadings": [[1, 0]],
+            },
+            r"\[dynamics\] drift",
+            "constant and not stable",
+        ),
+        (
+            {
+                "parameters.theta": 2.0,
+                "derived": {"a": "3 - theta"},
+                "dynamics.drift": [["a"]],
+            },
+            r"\[dynamics\] drift",
+            "constant and not stable",
+        ),
+        (
+            {"parameters.sigma": "Normal(0, 1)"},
+            r"\[dynamics\] diffusion_sd\[0\]\[0\]",
+            r"standard deviation 'sigma' can be negative: sigma has the prior 'Normal\(0, 1\)'",
+        ),
+        (
+            {"parameters.noise": "Uniform(-1, 1)"},
+            r"\[measurement\] noise_sd\[0\]\[0\]",
+            "give noise a positive prior",
+        ),
+        (
+            {
+                "dynamics.diffusion_sd": None,
+                "dynamics.diffusion": [["2 * sigma"]],
+                "parameters.sigma": "Normal(0, 1)",
+            },
+            r"\[dynamics\] diffusion\[0\]\[0\]",
+            r"variance '2 \* sigma' can be negative.*or write sigma\^2",
+        ),
+        (
+            {
+                "derived": {"var": "sigma * 3"},
+                "dynamics.diffusion_sd": None,
+                "dynamics.diffusion": {"diagonal": ["var"]},
+                "parameters.sigma": "Cauchy(0, 1)",
+            },
+            r"\[dynamics\] diffusion\.diagonal\[0\]",
+            "variance 'var' can be negative: sigma has the prior 'Cauchy",
+        ),
+        (
+            {"measurement.noise_sd": None, "measurement.noise": -1},
+            r"\[measurement\] noise",
+            "a variance cannot be negative, got -1",
+        ),
+        (
+            {"initial.sd": [["s0"]], "parameters.s0": "Laplace(0, 1)"},
+            r"\[initial\] sd\[0\]\[0\]",
+            "standard deviation 's0' can be negative",
+        ),
+        (
             {"data": {"file": "x.csv", "columns": {"yy": "Y"}}},
             r"\[data\] columns",
             r"'yy' is not a manifest, input or covariate \(did you mean 'y'\?\)",
@@ -982,9 +1075,18 @@ def _write(tmp_path, text, name="d.csv"):
     [
         ("time,z\n0,1\n", r"missing column\(s\) 'y' \(the file has: time, z\)"),
         ("time,y\n0,1\n1,abc\n", r"line 3, column 'y': 'abc' is not a number"),
-        ("time,y\n0,1\n2,1\n1,2\n", r"line 4: time 1 is not after 2 \(line 3\)"),
-        ("time,y\n0,1\n0,2\n", r"line 3: time 0 is not after 0"),
+        (
+            "time,y\n0,1\n2,1\n1,2\n",
+            r"line 4: time 1 is before 2 \(line 3\); times must be in increasing order "
+            r"\(ties allowed\): sort the rows by time",
+        ),
+        (
+            "time,y\n0,1\n0.30000000000000004,1\n0.3,2\n",
+            r"line 4: time 0.3 is before 0.30000000000000004 \(line 3\)",
+        ),
         ("time,y\n0,1\n,2\n", r"line 3, column 'time': missing value"),
+        ("time,y\n0,1\nNaN,2\n", r"line 3, column 'time': missing value"),
+        ("time,y\n0,1\ninf,2\n", r"line 3, column 'time': 'inf' is not finite"),
         ("time,y\n0,1\n1,2,3\n", "line 3 has 3 fields but the header has 2"),
         ("time,y\n", "no data rows"),
         ("", "the file is empty"),
@@ -1013,6 +1115,35 @@ def test_read_data_missing_values_and_subjects(tmp_path):
         panel.read_data(_write(tmp_path, "id,time,y1,y2,age\n1,0,1,1,0.5\n,1,1,1,0.5\n"))
 
 
+def test_read_data_accepts_tied_times(tmp_path):
+    # Several indicators measured at one time, one row each (long format).
+    spec = load_model("ctvar")
+    d = spec.read_data(_write(tmp_path, "time,y1,y2\n0,1,\n0,,2\n1.5,3,4\n1.5,,5\n"))
+    np.testing.assert_array_equal(d.times, [0.0, 0.0, 1.5, 1.5])
+    np.testing.assert_array_equal(np.isnan(d.y), [[0, 1], [1, 0], [0, 0], [1, 0]])
+    panel = load_model("panel_ctvar")
+    p = panel.read_data(
+        _write(tmp_path, "id,time,y1,y2,age\n1,0,1,,0.5\n1,0,,2,0.5\n2,0,1,1,0\n")
+    ).to_panel()
+    np.testing.assert_array_equal(p.times, [[0.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(p.counts, [2, 1])
+    with pytest.raises(DataError, match=r"line 4: time 0 is before 1 \(line 3\)"):
+        spec.read_data(_write(tmp_path, "time,y1,y2\n1,1,1\n1,1,1\n0,1,1\n"))
+
+
+def test_read_inputs(tmp_path):
+    spec = ModelSpec.from_dict(
+        _ou_dict(**{"model.inputs": ["dose"], "dynamics.input_effect": [["theta"]]})
+    )
+    times, inputs = spec.read_inputs(_write(tmp_path, "time,dose\n0,1\n0,2\n4,0\n"))
+    np.testing.assert_array_equal(times, [0.0, 0.0, 4.0])
+    np.testing.assert_array_equal(inputs, [[1.0], [2.0], [0.0]])
+    with pytest.raises(DataError, match=r"line 3, column 'dose': missing value"):
+        spec.read_inputs(_write(tmp_path, "time,dose\n0,1\n1,\n"))
+    with pytest.raises(DataError, match="ou has no inputs"):
+        load_model("ou").read_inputs(_write(tmp_path, "time,dose\n0,1\n"))
+
+
 def test_read_data_time_fallback_and_model_kwargs(tmp_path):
     # sho's default data use a "year" column; a user CSV with "time" works too.
     spec = load_model("sho")
@@ -1037,8 +1168,14 @@ def test_to_panel_groups_and_pads():
     assert np.isnan(p.y[1, 2, 0]) and np.all(np.isnan(p.y[2, 1:, 0]))
     np.testing.assert_array_equal(p.inputs[1, :2, 0], [11, 14])
     np.testing.assert_array_equal(p.covariates["age"], [1, 2, 3])
-    with pytest.raises(ValueError, match="strictly increasing within subject 'b'"):
-        to_panel(np.array([0.0, 0.0]), np.zeros((2, 1)), np.array(["b", "b"]))
+    with pytest.raises(ValueError, match="non-decreasing within subject 'b'"):
+        to_panel(np.array([1.0, 0.0]), np.zeros((2, 1)), np.array(["b", "b"]))
+    with pytest.raises(ValueError, match="non-decreasing within subject 'b'"):
+        to_panel(np.array([0.0, np.nan]), np.zeros((2, 1)), np.array(["b", "b"]))
+    # Tied times (several rows at one time) are kept, in their order.
+    tied = to_panel(np.array([0.0, 1.0, 1.0]), np.arange(3.0)[:, None], np.array(["b"] * 3))
+    np.testing.assert_array_equal(tied.times, [[0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(tied.y[0, :, 0], [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="not constant within subject"):
         to_panel(
             np.array([0.0, 1.0]),
