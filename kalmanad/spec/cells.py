@@ -8,6 +8,7 @@ values written in a spec into these, naming the file, field and cell in every er
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax.numpy as jnp
@@ -17,7 +18,17 @@ from kalmanad.linalg import solve_continuous_lyapunov
 from kalmanad.spec.errors import SpecError, suggest
 from kalmanad.spec.expressions import Expression, parse_expression
 
-__all__ = ["BUILDERS", "Cells", "Companion", "Field", "MALoadings", "Parser", "StationarySD"]
+__all__ = [
+    "BUILDERS",
+    "Cells",
+    "Companion",
+    "Field",
+    "MALoadings",
+    "Parser",
+    "StationarySD",
+    "initial_fields",
+    "matrix_fields",
+]
 
 
 class Cells:
@@ -81,10 +92,11 @@ class Parser:
         self.hints: dict[str, str] = {}
         self.latent: tuple = ()
         self.manifest: tuple = ()
+        self.inputs: tuple = ()
 
     def declare_variables(self, latent, manifest, inputs) -> None:
         """The model's variables: builders read them, and a cell naming one gets a hint."""
-        self.latent, self.manifest = tuple(latent), tuple(manifest)
+        self.latent, self.manifest, self.inputs = tuple(latent), tuple(manifest), tuple(inputs)
         for kind, names in (("latent", latent), ("manifest", manifest), ("input", inputs)):
             for x in names:
                 self.hints[x] = (
@@ -109,63 +121,77 @@ class Parser:
         labels: (row_label, col_label) texts for error messages.
         key: the spec key (e.g. "drift"); a builder applies where its ``target`` is the key.
         """
-        is_vec = len(shape) == 1
         if isinstance(value, Mapping):
-            if "builder" in value:
-                return self.builder(value, shape, where, known, key)
-            if len(value) != 1:
-                raise self.error(
-                    where,
-                    "a matrix table takes exactly one of 'diagonal', 'lower', 'symmetric' "
-                    f"or 'builder', got keys {sorted(value)}",
-                )
-            ((form, body),) = value.items()
-            if form not in ("diagonal", "lower", "symmetric"):
-                forms = ("diagonal", "lower", "symmetric", "builder")
-                raise self.error(
-                    where,
-                    f"unknown matrix form {form!r}{suggest(form, forms)}; "
-                    "use diagonal, lower, symmetric or builder",
-                )
-            if is_vec:
-                raise self.error(where, f"'{form}' is for matrices; this is a vector: give a list")
-            n = shape[0]
-            if not free_cols and shape[1] != n:
-                raise self.error(
-                    where, f"'{form}' needs a square matrix; this one is {_shape_text(shape)}"
-                )
-            return self.structured(form, body, n, f"{where}.{form}", known, labels)
+            return self._table(value, shape, where, known, labels, free_cols, key)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            if value == 0 and not isinstance(value, str):
-                out_shape = (shape[0], shape[0]) if free_cols else shape
-                return Cells(out_shape, np.zeros(out_shape), [])
-            single = shape == (1,) or (shape[0] == 1 and (free_cols or shape[1] == 1))
-            if not single:
-                hint = " (write a list)" if is_vec else " (write rows, or { diagonal = ... })"
-                raise self.error(
-                    where,
-                    f"a single value only fits a 1×1 matrix or a length-1 vector; this one "
-                    f"is {_shape_text(shape) if not free_cols else f'{shape[0]}×r'}{hint}",
-                )
-            out_shape = (1,) if is_vec else (1, 1)
-            return self.cells_from(out_shape, {(0,) * len(out_shape): value}, where, known)
+            return self._single(value, shape, where, known, free_cols)
         if not isinstance(value, list):
             raise self.error(where, f"expected a list, a table or a cell, got {value!r}")
-        rows, cols = labels
+        is_vec = len(shape) == 1
         if len(value) != shape[0]:
             raise self.error(
                 where,
-                f"expected {shape[0]} {'entries' if is_vec else 'rows'} ({rows}), got {len(value)}",
+                f"expected {shape[0]} {'entries' if is_vec else 'rows'} ({labels[0]}), "
+                f"got {len(value)}",
             )
         if is_vec:
-            cells = {}
-            for i, cell in enumerate(value):
-                if isinstance(cell, list):
-                    raise self.error(
-                        f"{where}[{i}]", "expected a cell, got a list (this is a vector)"
-                    )
-                cells[(i,)] = cell
-            return self.cells_from(shape, cells, where, known)
+            return self._vector(value, shape, where, known)
+        return self._rows(value, shape, where, known, labels, free_cols)
+
+    def _table(self, value, shape, where, known, labels, free_cols, key):
+        """``{ builder = ... }`` or ``{ diagonal | lower | symmetric = ... }``."""
+        if "builder" in value:
+            return self.builder(value, shape, where, known, key)
+        if len(value) != 1:
+            raise self.error(
+                where,
+                "a matrix table takes exactly one of 'diagonal', 'lower', 'symmetric' "
+                f"or 'builder', got keys {sorted(value)}",
+            )
+        ((form, body),) = value.items()
+        if form not in ("diagonal", "lower", "symmetric"):
+            forms = ("diagonal", "lower", "symmetric", "builder")
+            raise self.error(
+                where,
+                f"unknown matrix form {form!r}{suggest(form, forms)}; "
+                "use diagonal, lower, symmetric or builder",
+            )
+        if len(shape) == 1:
+            raise self.error(where, f"'{form}' is for matrices; this is a vector: give a list")
+        n = shape[0]
+        if not free_cols and shape[1] != n:
+            raise self.error(
+                where, f"'{form}' needs a square matrix; this one is {_shape_text(shape)}"
+            )
+        return self.structured(form, body, n, f"{where}.{form}", known, labels)
+
+    def _single(self, value, shape, where, known, free_cols):
+        """One cell: the number 0 (all zeros), or the value of a 1×1 matrix or 1-vector."""
+        is_vec = len(shape) == 1
+        if value == 0 and not isinstance(value, str):
+            out_shape = (shape[0], shape[0]) if free_cols else shape
+            return Cells(out_shape, np.zeros(out_shape), [])
+        single = shape == (1,) or (shape[0] == 1 and (free_cols or shape[1] == 1))
+        if not single:
+            hint = " (write a list)" if is_vec else " (write rows, or { diagonal = ... })"
+            raise self.error(
+                where,
+                f"a single value only fits a 1×1 matrix or a length-1 vector; this one "
+                f"is {_shape_text(shape) if not free_cols else f'{shape[0]}×r'}{hint}",
+            )
+        out_shape = (1,) if is_vec else (1, 1)
+        return self.cells_from(out_shape, {(0,) * len(out_shape): value}, where, known)
+
+    def _vector(self, value, shape, where, known):
+        cells = {}
+        for i, cell in enumerate(value):
+            if isinstance(cell, list):
+                raise self.error(f"{where}[{i}]", "expected a cell, got a list (this is a vector)")
+            cells[(i,)] = cell
+        return self.cells_from(shape, cells, where, known)
+
+    def _rows(self, value, shape, where, known, labels, free_cols):
+        """A list of rows; with free_cols every row has as many cells as row 0."""
         ncols = None if free_cols else shape[1]
         cells = {}
         for i, row in enumerate(value):
@@ -179,7 +205,7 @@ class Parser:
                 if ncols == 0:
                     raise self.error(f"{where}[{i}]", "empty row")
             if len(row) != ncols:
-                what = f"({cols})" if not free_cols else "(as many as row 0)"
+                what = f"({labels[1]})" if not free_cols else "(as many as row 0)"
                 raise self.error(
                     f"{where}[{i}]", f"expected {ncols} columns {what}, got {len(row)}"
                 )
@@ -248,6 +274,84 @@ class Parser:
             raise self.error(where, f"builder {name!r} does not apply here; it builds {cls.target}")
         args = {k: v for k, v in value.items() if k != "builder"}
         return cls(self, args, shape, where, known)
+
+
+# ------------------------------------------------------------------- matrix sections
+
+
+def _labels(p: Parser) -> tuple[str, str, str]:
+    """Row and column labels for error messages: latent, manifest and inputs."""
+    return (
+        f"latent: {', '.join(p.latent)}",
+        f"manifest: {', '.join(p.manifest)}",
+        f"inputs: {', '.join(p.inputs)}",
+    )
+
+
+def _add(
+    p, known, fields, section, table, key, target, shape, labels, factor=False, required=False
+):
+    """Parse ``table[key]`` (if given) into the field that fills LinearSDE's ``target``."""
+    where = f"[{section}] {key}"
+    if key not in table:
+        if required:
+            raise p.error(f"[{section}]", f"missing {key!r}")
+        return
+    value = table[key]
+    spec = p.matrix(value, shape, where, known, labels=labels, free_cols=factor, key=key)
+    fields[target] = Field(key, target, where, spec, factor, value)
+
+
+def _one_of(p, section, table, a, b, required) -> None:
+    if a in table and b in table:
+        raise p.error(f"[{section}]", f"give {a!r} or {b!r}, not both")
+    if required and a not in table and b not in table:
+        raise p.error(f"[{section}]", f"missing {a!r} (or {b!r})")
+
+
+def matrix_fields(p: Parser, dynamics, measurement, known) -> dict[str, Field]:
+    """``[dynamics]`` and ``[measurement]`` (keys already checked): LinearSDE field -> Field.
+
+    ``known``: the names cells may use; the variables are the parser's.
+    """
+    n, m, k = len(p.latent), len(p.manifest), len(p.inputs)
+    lat, man, inp = _labels(p)
+    fields: dict[str, Field] = {}
+    add = functools.partial(_add, p, known, fields)
+    add("dynamics", dynamics, "drift", "drift", (n, n), (lat, lat), required=True)
+    add("dynamics", dynamics, "intercept", "drift_intercept", (n,), (lat, ""))
+    _one_of(p, "dynamics", dynamics, "diffusion", "diffusion_sd", True)
+    add("dynamics", dynamics, "diffusion", "diffusion", (n, n), (lat, lat))
+    add("dynamics", dynamics, "diffusion_sd", "diffusion", (n, n), (lat, ""), factor=True)
+    add("measurement", measurement, "loadings", "observation", (m, n), (man, lat), required=True)
+    add("measurement", measurement, "intercept", "observation_intercept", (m,), (man, ""))
+    _one_of(p, "measurement", measurement, "noise", "noise_sd", True)
+    add("measurement", measurement, "noise", "observation_noise", (m, m), (man, man))
+    add("measurement", measurement, "noise_sd", "observation_noise", (m, m), (man, ""), factor=True)
+    for section, table, key, target, rows in (
+        ("dynamics", dynamics, "input_effect", "input_effect", n),
+        ("dynamics", dynamics, "impulse_effect", "impulse_effect", n),
+        ("measurement", measurement, "input_effect", "observation_input_effect", m),
+    ):
+        if key in table and k == 0:
+            raise p.error(
+                f"[{section}] {key}", "the model declares no inputs: add [model] inputs = [...]"
+            )
+        labels = (lat if rows == n else man, inp)
+        add(section, table, key, target, (rows, k), labels)
+    return fields
+
+
+def initial_fields(p: Parser, initial, known) -> dict[str, Field]:
+    """``[initial]``'s mean and covariance (or its factor ``sd``): field -> Field."""
+    n = len(p.latent)
+    lat = _labels(p)[0]
+    fields: dict[str, Field] = {}
+    add = functools.partial(_add, p, known, fields)
+    add("initial", initial, "mean", "initial_mean", (n,), (lat, ""))
+    add("initial", initial, "cov", "initial_cov", (n, n), (lat, lat))
+    add("initial", initial, "sd", "initial_cov", (n, n), (lat, ""), factor=True)
+    return fields
 
 
 # ---------------------------------------------------------------------------- builders

@@ -1,11 +1,8 @@
-"""The model spec: :class:`ModelSpec` parses and validates a spec and builds from it."""
+"""The model spec: :class:`ModelSpec` validates a spec and builds models from it."""
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +11,37 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions.transforms import biject_to
 
 from kalmanad.model import LinearSDE
-from kalmanad.spec.cells import Cells, Companion, Field, Parser, StationarySD
-from kalmanad.spec.data import DataError, ModelData, first_row, read_csv, to_panel
-from kalmanad.spec.errors import SpecError, suggest
-from kalmanad.spec.expressions import (
-    ANY,
-    CONSTANTS,
-    FUNCTIONS,
-    NONNEG,
-    POS,
-    Expression,
-    check_identifier,
-    sign,
+from kalmanad.spec import sampling
+from kalmanad.spec.cells import (
+    Cells,
+    Companion,
+    Field,
+    Parser,
+    StationarySD,
+    initial_fields,
+    matrix_fields,
 )
-from kalmanad.spec.priors import Prior, parse_call, parse_prior, positive_support
+from kalmanad.spec.data import DataError, ModelData, read_csv, read_header
+from kalmanad.spec.errors import SpecError
+from kalmanad.spec.expressions import ANY, NONNEG, POS, Expression, sign
+from kalmanad.spec.priors import positive_support
+from kalmanad.spec.sections import (
+    DYNAMICS_KEYS,
+    MEASUREMENT_KEYS,
+    MODEL_KEYS,
+    DataSpec,
+    check_keys,
+    check_sections,
+    parse_covariates,
+    parse_data,
+    parse_derived,
+    parse_initial_state,
+    parse_names,
+    parse_parameters,
+    parse_random_effects,
+)
 
 try:
     import tomllib
@@ -38,120 +49,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["DataSpec", "ModelSpec"]
-
-_SECTIONS = (
-    "model",
-    "parameters",
-    "derived",
-    "dynamics",
-    "measurement",
-    "initial",
-    "random_effects",
-    "covariates",
-    "data",
-)
-_MODEL_KEYS = (
-    "name",
-    "title",
-    "description",
-    "latent",
-    "manifest",
-    "inputs",
-    "time_unit",
-    "references",
-)
-_DYNAMICS_KEYS = (
-    "drift",
-    "intercept",
-    "diffusion",
-    "diffusion_sd",
-    "input_effect",
-    "impulse_effect",
-)
-_MEASUREMENT_KEYS = ("loadings", "intercept", "noise", "noise_sd", "input_effect")
-_INITIAL_KEYS = ("state", "mean", "cov", "sd", "diffuse_scale")
-_DATA_KEYS = (
-    "file",
-    "time",
-    "subject",
-    "columns",
-    "description",
-    "source",
-    "license",
-    "truth",
-    "seed",
-)
-# LinearSDE / ctsem names people may try, and the key they mean.
-_ALIASES = {
-    "observation": "loadings",
-    "lambda": "loadings",
-    "observation_noise": "noise",
-    "manifestvar": "noise_sd",
-    "drift_intercept": "intercept",
-    "cint": "intercept",
-    "observation_intercept": "intercept",
-    "manifestmeans": "intercept",
-    "observation_input_effect": "input_effect",
-    "tdpredeffect": "impulse_effect",
-    "initial_mean": "mean",
-    "initial_cov": "cov",
-    "t0means": "mean",
-    "t0var": "sd",
-    "priors": "parameters",
-    "params": "parameters",
-    "transformed": "derived",
-}
-
-
-def _check_keys(parser, table, allowed, where):
-    if not isinstance(table, Mapping):
-        raise parser.error(where, f"expected a table, got {table!r}")
-    for k in table:
-        if k not in allowed:
-            hint = suggest(k, allowed)
-            if not hint and k.lower() in _ALIASES and _ALIASES[k.lower()] in allowed:
-                hint = f" (did you mean {_ALIASES[k.lower()]!r}?)"
-            raise parser.error(where, f"unknown key {k!r}{hint}; allowed: {', '.join(allowed)}")
-
-
-@dataclass(frozen=True)
-class _RandomEffects:
-    parameters: tuple
-    sd_priors: dict  # name -> Prior
-    lkj: float | None  # LKJ concentration, None = independent
-
-
-@dataclass(frozen=True)
-class _Covariates:
-    names: tuple
-    effects: dict  # param -> tuple of covariate names
-    prior: Prior
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """The ``[data]`` section: the default data file and how its columns map.
-
-    Attributes:
-        file: path of the CSV (relative to the spec's folder), or None.
-        time: name of the time column.
-        subject: name of the subject column, or None.
-        columns: variable name -> CSV column for manifest, input and covariate
-            variables whose column name differs.
-        description, source, license: free text about the data set.
-        truth: the true parameter values of simulated data (site name -> value).
-        seed: the seed it was simulated with, or None.
-    """
-
-    file: str | None = None
-    time: str = "time"
-    subject: str | None = None
-    columns: dict = field(default_factory=dict)
-    description: str = ""
-    source: str = ""
-    license: str = ""
-    truth: dict = field(default_factory=dict)
-    seed: int | None = None
 
 
 class ModelSpec:
@@ -211,198 +108,28 @@ class ModelSpec:
         self.description = str(description)
         self.time_unit = str(time_unit)
         self.references = tuple(references)
-
-        self.latent = self._names(p, latent, "[model] latent", "latent variable", required=True)
-        self.manifest = self._names(
-            p, manifest, "[model] manifest", "manifest variable", required=True
-        )
-        self.inputs = self._names(p, inputs, "[model] inputs", "input", required=False)
-        clash = set(self.latent) & set(self.manifest) | set(self.inputs) & (
-            set(self.latent) | set(self.manifest)
-        )
-        if clash:
-            raise p.error("[model]", f"variable name(s) used twice: {', '.join(sorted(clash))}")
-        n, m, k = len(self.latent), len(self.manifest), len(self.inputs)
-        self.n, self.m, self.k = n, m, k
-        p.declare_variables(self.latent, self.manifest, self.inputs)
-
-        # -- parameters -------------------------------------------------------------
-        if not isinstance(parameters, Mapping) or not parameters:
-            raise p.error("[parameters]", "give at least one parameter with its prior")
-        self._priors: dict[str, Prior] = {}
-        self.constants: dict[str, float] = {}
-        self.parameter_descriptions: dict[str, str] = {}
-        for pname, entry in parameters.items():
-            where = f"[parameters] {pname}"
-            self._check_new_name(p, pname, where)
-            desc = ""
-            if isinstance(entry, Mapping) and not isinstance(entry, dist.Distribution):
-                _check_keys(p, entry, ("prior", "value", "description"), where)
-                if ("prior" in entry) == ("value" in entry):
-                    raise p.error(where, "give exactly one of 'prior' or 'value'")
-                desc = str(entry.get("description", ""))
-                entry = entry.get("prior", entry.get("value"))
-            if isinstance(entry, (int, float)) and not isinstance(entry, bool):
-                if not math.isfinite(entry):
-                    raise p.error(where, f"a fixed value must be finite, got {entry!r}")
-                self.constants[pname] = float(entry)
-            else:
-                self._priors[pname] = parse_prior(entry, source=p.source, where=where)
-            self.parameter_descriptions[pname] = desc
+        self._parse_variables(p, latent, manifest, inputs)
+        self._priors, self.constants, self.parameter_descriptions = parse_parameters(p, parameters)
         self.parameters = tuple(self._priors)
-        if not self.parameters:
-            raise p.error("[parameters]", "every parameter is fixed: nothing to infer")
-
-        # -- derived ------------------------------------------------------------------
-        derived = dict(derived or {})
-        names_all = set(self.parameters) | set(self.constants) | set(derived)
-        self.derived: dict[str, Expression] = {}
-        self.derived_descriptions: dict[str, str] = {}
-        for dname, entry in derived.items():
-            where = f"[derived] {dname}"
-            if dname in self._priors or dname in self.constants:
-                raise p.error(where, f"{dname!r} is already a parameter")
-            self._check_new_name(p, dname, where)
-            desc = ""
-            if isinstance(entry, Mapping):
-                _check_keys(p, entry, ("expression", "description"), where)
-                if "expression" not in entry:
-                    raise p.error(where, "missing 'expression'")
-                desc, entry = str(entry.get("description", "")), entry["expression"]
-            self.derived[dname] = p.expr(entry, names_all - {dname}, where)
-            self.derived_descriptions[dname] = desc
-        self._derived_order = self._toposort(p)
-
-        # -- matrices -----------------------------------------------------------------
-        known = names_all
-        self._fields: dict[str, Field] = {}
-        lat = f"latent: {', '.join(self.latent)}"
-        man = f"manifest: {', '.join(self.manifest)}"
-        inp = f"inputs: {', '.join(self.inputs)}"
-        _check_keys(p, dynamics, _DYNAMICS_KEYS, "[dynamics]")
-        _check_keys(p, measurement, _MEASUREMENT_KEYS, "[measurement]")
-
-        def add(section, table, key, target, shape, labels, factor=False, required=False):
-            where = f"[{section}] {key}"
-            if key not in table:
-                if required:
-                    raise p.error(f"[{section}]", f"missing {key!r}")
-                return
-            value = table[key]
-            spec = p.matrix(
-                value,
-                shape,
-                where,
-                known,
-                labels=labels,
-                free_cols=factor,
-                key=key,
-            )
-            self._fields[target] = Field(key, target, where, spec, factor, value)
-
-        def one_of(section, table, a, b, required):
-            if a in table and b in table:
-                raise p.error(f"[{section}]", f"give {a!r} or {b!r}, not both")
-            if required and a not in table and b not in table:
-                raise p.error(f"[{section}]", f"missing {a!r} (or {b!r})")
-
-        add("dynamics", dynamics, "drift", "drift", (n, n), (lat, lat), required=True)
-        add("dynamics", dynamics, "intercept", "drift_intercept", (n,), (lat, ""))
-        one_of("dynamics", dynamics, "diffusion", "diffusion_sd", True)
-        add("dynamics", dynamics, "diffusion", "diffusion", (n, n), (lat, lat))
-        add("dynamics", dynamics, "diffusion_sd", "diffusion", (n, n), (lat, ""), factor=True)
-        add(
-            "measurement", measurement, "loadings", "observation", (m, n), (man, lat), required=True
+        self.derived, self.derived_descriptions, self._derived_order = parse_derived(
+            p, derived, {**self._priors, **self.constants}
         )
-        add("measurement", measurement, "intercept", "observation_intercept", (m,), (man, ""))
-        one_of("measurement", measurement, "noise", "noise_sd", True)
-        add("measurement", measurement, "noise", "observation_noise", (m, m), (man, man))
-        add(
-            "measurement",
-            measurement,
-            "noise_sd",
-            "observation_noise",
-            (m, m),
-            (man, ""),
-            factor=True,
-        )
-        for section, table, key, target, rows in (
-            ("dynamics", dynamics, "input_effect", "input_effect", n),
-            ("dynamics", dynamics, "impulse_effect", "impulse_effect", n),
-            ("measurement", measurement, "input_effect", "observation_input_effect", m),
-        ):
-            if key in table and k == 0:
-                raise p.error(
-                    f"[{section}] {key}", "the model declares no inputs: add [model] inputs = [...]"
-                )
-            labels = (lat if rows == n else man, inp)
-            add(section, table, key, target, (rows, k), labels)
-
-        # -- initial state ------------------------------------------------------------
-        initial = dict(initial or {})
-        _check_keys(p, initial, _INITIAL_KEYS, "[initial]")
-        if "cov" in initial and "sd" in initial:
-            raise p.error("[initial]", "give 'cov' or 'sd', not both")
-        has_cov = "cov" in initial or "sd" in initial
-        state = initial.get("state", "known" if has_cov else "stationary")
-        if state not in ("stationary", "diffuse", "known"):
-            raise p.error(
-                "[initial] state", f"must be 'stationary', 'diffuse' or 'known', got {state!r}"
-            )
-        if state == "known" and not has_cov:
-            raise p.error("[initial]", "a known initial state needs 'cov' or 'sd' (and 'mean')")
-        if state != "known" and has_cov:
-            raise p.error(
-                "[initial]", f"a {state} initial state takes no 'cov'/'sd' (it is implied)"
-            )
-        if "diffuse_scale" in initial and state != "diffuse":
-            raise p.error("[initial] diffuse_scale", "only applies to state = 'diffuse'")
-        self.initial_state = state
-        scale = initial.get("diffuse_scale", 1e6)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise p.error("[initial] diffuse_scale", f"must be a positive number, got {scale!r}")
-        self.diffuse_scale = float(scale)
-        add("initial", initial, "mean", "initial_mean", (n,), (lat, ""))
-        add("initial", initial, "cov", "initial_cov", (n, n), (lat, lat))
-        add("initial", initial, "sd", "initial_cov", (n, n), (lat, ""), factor=True)
-
-        # -- stability guarantee of companion factors ------------------------------------
-        for f in self._fields.values():
-            if isinstance(f.spec, Companion):
-                for where, e in f.spec.positive_cells:
-                    if sign(e.tree, self._name_sign) != POS:
-                        raise p.error(
-                            where,
-                            f"AR factor coefficient {e.text!r} must be positive for every "
-                            "parameter value so that every draw is stable: use a positive "
-                            "constant, a parameter with a positive prior (LogNormal, "
-                            "HalfNormal, Gamma, ...) or exp(...)/softplus(...); or give "
-                            "'coefficients' for an unconstrained polynomial",
-                        )
-
+        known = set(self.parameters) | set(self.constants) | set(self.derived)
+        check_keys(p, dynamics, DYNAMICS_KEYS, "[dynamics]")
+        check_keys(p, measurement, MEASUREMENT_KEYS, "[measurement]")
+        self._fields: dict[str, Field] = matrix_fields(p, dynamics, measurement, known)
+        initial, self.initial_state, self.diffuse_scale = parse_initial_state(p, initial)
+        self._fields.update(initial_fields(p, initial, known))
+        self._check_companions(p)
         self._check_variances(p)
         self._check_constant_drift(p)
-
-        # -- unused parameters ---------------------------------------------------------
-        used = set()
-        for f in self._fields.values():
-            used |= f.names
-        for e in self.derived.values():
-            used |= e.names
-        for pname in self.parameters:
-            if pname not in used:
-                raise p.error(
-                    f"[parameters] {pname}",
-                    "declared but not used in any matrix or derived quantity",
-                )
-
-        # -- hierarchy ------------------------------------------------------------------
-        self.random_effects = self._parse_random_effects(p, random_effects)
-        self.covariates = self._parse_covariates(p, covariates)
+        self._check_used(p)
+        self.random_effects = parse_random_effects(p, random_effects, self._priors, self.constants)
+        variables = set(self.latent) | set(self.manifest) | set(self.inputs)
+        self.covariates = parse_covariates(p, covariates, self._priors, self.constants, variables)
         self._check_site_names(p)
-
-        # -- data ----------------------------------------------------------------------
-        self.data = self._parse_data(p, data)
+        variables = set(self.manifest) | set(self.inputs) | set(self.covariate_names)
+        self.data = parse_data(p, data, variables)
         self._build_traced = jax.jit(self.build)
 
     # ------------------------------------------------------------------ constructors
@@ -410,22 +137,13 @@ class ModelSpec:
     def from_dict(cls, d: Mapping[str, Any], *, source: str | Path | None = None) -> ModelSpec:
         """Build a spec from a dict laid out like the TOML file (sections as keys)."""
         p = Parser(str(source) if source is not None else "<dict>")
-        if not isinstance(d, Mapping):
-            raise p.error(None, f"a spec must be a table/dict, got {type(d).__name__}")
-        for key in d:
-            if key not in _SECTIONS:
-                hint = suggest(key, _SECTIONS)
-                if not hint and key.lower() in _ALIASES:
-                    hint = f" (did you mean {_ALIASES[key.lower()]!r}?)"
-                raise p.error(
-                    None, f"unknown section [{key}]{hint}; sections: {', '.join(_SECTIONS)}"
-                )
+        check_sections(p, d)
         model = d.get("model", {})
-        _check_keys(p, model, _MODEL_KEYS, "[model]")
+        check_keys(p, model, MODEL_KEYS, "[model]")
         for section in ("parameters", "dynamics", "measurement"):
             if section not in d:
                 raise p.error(None, f"missing section [{section}]")
-        kwargs = {k: model[k] for k in _MODEL_KEYS if k in model}
+        kwargs = {k: model[k] for k in MODEL_KEYS if k in model}
         if "latent" not in kwargs or "manifest" not in kwargs:
             raise p.error("[model]", "needs 'latent' and 'manifest' (lists of variable names)")
         return cls(
@@ -458,46 +176,22 @@ class ModelSpec:
         return cls.from_dict(d, source=path)
 
     # --------------------------------------------------------------------- parsing
-    @staticmethod
-    def _names(p, names, where, what, required):
-        if isinstance(names, str) or not isinstance(names, Sequence):
-            raise p.error(where, f"expected a list of names, got {names!r}")
-        if required and not names:
-            raise p.error(where, f"needs at least one {what}")
-        out = tuple(check_identifier(x, what, p.failer(where)) for x in names)
-        dup = sorted({x for x in out if out.count(x) > 1})
-        if dup:
-            raise p.error(where, f"duplicate name(s): {', '.join(dup)}")
-        return out
+    def _parse_variables(self, p, latent, manifest, inputs) -> None:
+        """``[model]``'s latent, manifest and input names: valid, distinct, declared."""
+        self.latent = parse_names(p, latent, "[model] latent", "latent variable", required=True)
+        self.manifest = parse_names(
+            p, manifest, "[model] manifest", "manifest variable", required=True
+        )
+        self.inputs = parse_names(p, inputs, "[model] inputs", "input", required=False)
+        clash = set(self.latent) & set(self.manifest) | set(self.inputs) & (
+            set(self.latent) | set(self.manifest)
+        )
+        if clash:
+            raise p.error("[model]", f"variable name(s) used twice: {', '.join(sorted(clash))}")
+        self.n, self.m, self.k = len(self.latent), len(self.manifest), len(self.inputs)
+        p.declare_variables(self.latent, self.manifest, self.inputs)
 
-    @staticmethod
-    def _check_new_name(p, name, where):
-        check_identifier(name, "name", p.failer(where))
-        if name in FUNCTIONS or name in CONSTANTS:
-            raise p.error(
-                where, f"{name!r} is a built-in function or constant; choose another name"
-            )
-
-    def _toposort(self, p) -> list:
-        order, state = [], {}
-
-        def visit(name, chain):
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "active":
-                cycle = " -> ".join([*chain[chain.index(name) :], name])
-                raise p.error(f"[derived] {name}", f"circular definition: {cycle}")
-            state[name] = "active"
-            for dep in sorted(self.derived[name].names):
-                if dep in self.derived:
-                    visit(dep, [*chain, name])
-            state[name] = "done"
-            order.append(name)
-
-        for name in self.derived:
-            visit(name, [])
-        return order
-
+    # ----------------------------------------------------------------------- checks
     def _name_sign(self, name) -> int:
         if name in self._priors:
             return POS if positive_support(self._priors[name]) else ANY
@@ -598,105 +292,34 @@ class ModelSpec:
                 "state = 'diffuse' (or a known start with mean and sd)",
             )
 
-    def _parse_random_effects(self, p, table):
-        if table is None:
-            return None
-        where = "[random_effects]"
-        _check_keys(p, table, ("parameters", "sd_prior", "correlation_prior"), where)
-        names = table.get("parameters")
-        if not isinstance(names, list) or not names:
-            raise p.error(f"{where} parameters", "give a non-empty list of parameter names")
-        for x in names:
-            self._check_free(p, x, f"{where} parameters")
-        if len(set(names)) != len(names):
-            raise p.error(f"{where} parameters", "a parameter is listed twice")
-        sd = table.get("sd_prior", "HalfNormal(1)")
-        if isinstance(sd, Mapping):
-            for key in sd:
-                if key not in names:
-                    raise p.error(
-                        f"{where} sd_prior", f"{key!r} has no random effect{suggest(key, names)}"
-                    )
-            default = "HalfNormal(1)"
-            sds = {
-                x: parse_prior(sd.get(x, default), source=p.source, where=f"{where} sd_prior.{x}")
-                for x in names
-            }
-        else:
-            prior = parse_prior(sd, source=p.source, where=f"{where} sd_prior")
-            sds = dict.fromkeys(names, prior)
-        for x, prior in sds.items():
-            if not positive_support(prior):
-                raise p.error(
-                    f"{where} sd_prior", f"the prior of {x}_sd must be positive, got {prior.text!r}"
-                )
-        corr = table.get("correlation_prior", "LKJ(2)")
-        lkj = None
-        if not (isinstance(corr, str) and corr.strip().lower() == "none"):
-            if not isinstance(corr, str):
-                raise p.error(
-                    f"{where} correlation_prior", f"expected 'LKJ(eta)' or 'none', got {corr!r}"
-                )
-            _, args, kwargs = parse_call(
-                corr, {"LKJ": None}, "correlation prior", p.failer(f"{where} correlation_prior")
-            )
-            if kwargs or len(args) != 1 or not args[0] > 0:
-                raise p.error(
-                    f"{where} correlation_prior",
-                    f"expected LKJ(eta) with one concentration eta > 0, got {corr!r}",
-                )
-            lkj = args[0]
-        return _RandomEffects(tuple(names), sds, lkj)
+    def _check_companions(self, p) -> None:
+        """Companion factors must be provably positive (every draw is then stable)."""
+        for f in self._fields.values():
+            if isinstance(f.spec, Companion):
+                for where, e in f.spec.positive_cells:
+                    if sign(e.tree, self._name_sign) != POS:
+                        raise p.error(
+                            where,
+                            f"AR factor coefficient {e.text!r} must be positive for every "
+                            "parameter value so that every draw is stable: use a positive "
+                            "constant, a parameter with a positive prior (LogNormal, "
+                            "HalfNormal, Gamma, ...) or exp(...)/softplus(...); or give "
+                            "'coefficients' for an unconstrained polynomial",
+                        )
 
-    def _parse_covariates(self, p, table):
-        if table is None:
-            return None
-        where = "[covariates]"
-        _check_keys(p, table, ("names", "effects", "prior"), where)
-        effects = table.get("effects")
-        if not isinstance(effects, Mapping) or not effects:
-            raise p.error(f"{where} effects", "give a table parameter = [covariates]")
-        out, order = {}, []
-        for param, covs in effects.items():
-            self._check_free(p, param, f"{where} effects")
-            if isinstance(covs, str):
-                covs = [covs]
-            if not isinstance(covs, list) or not covs:
+    def _check_used(self, p) -> None:
+        """Every free parameter appears in a matrix or a derived quantity."""
+        used = set()
+        for f in self._fields.values():
+            used |= f.names
+        for e in self.derived.values():
+            used |= e.names
+        for pname in self.parameters:
+            if pname not in used:
                 raise p.error(
-                    f"{where} effects.{param}", f"expected a list of covariates, got {covs!r}"
+                    f"[parameters] {pname}",
+                    "declared but not used in any matrix or derived quantity",
                 )
-            for c in covs:
-                check_identifier(c, "covariate", p.failer(f"{where} effects.{param}"))
-                if c not in order:
-                    order.append(c)
-            if len(set(covs)) != len(covs):
-                raise p.error(f"{where} effects.{param}", "a covariate is listed twice")
-            out[param] = tuple(covs)
-        if "names" in table:
-            names = self._names(p, table["names"], f"{where} names", "covariate", required=True)
-            for c in order:
-                if c not in names:
-                    raise p.error(
-                        f"{where} effects", f"covariate {c!r} is not in names{suggest(c, names)}"
-                    )
-            for c in names:
-                if c not in order:
-                    raise p.error(f"{where} names", f"covariate {c!r} acts on no parameter")
-        else:
-            names = tuple(order)
-        clash = set(names) & (set(self.latent) | set(self.manifest) | set(self.inputs))
-        if clash:
-            raise p.error(f"{where}", f"covariate name(s) also used as variables: {sorted(clash)}")
-        prior = parse_prior(
-            table.get("prior", "Normal(0, 1)"), source=p.source, where=f"{where} prior"
-        )
-        return _Covariates(names, out, prior)
-
-    def _check_free(self, p, name, where):
-        if name in self.constants:
-            raise p.error(where, f"{name!r} is fixed; it cannot vary")
-        if name not in self._priors:
-            raise p.error(where, f"unknown parameter {name!r}{suggest(str(name), self._priors)}")
 
     def _check_site_names(self, p):
         taken = set(self.parameters) | set(self.constants) | set(self.derived) | {"y"}
@@ -712,37 +335,6 @@ class ModelSpec:
         for g in generated:
             if g in taken:
                 raise p.error(None, f"the name {g!r} is reserved for a generated site; rename it")
-
-    def _parse_data(self, p, table):
-        if table is None:
-            return DataSpec()
-        _check_keys(p, table, _DATA_KEYS, "[data]")
-        cols = dict(table.get("columns", {}))
-        variables = set(self.manifest) | set(self.inputs) | set(self.covariate_names)
-        for var, c in cols.items():
-            if var not in variables:
-                raise p.error(
-                    "[data] columns",
-                    f"{var!r} is not a manifest, input or covariate{suggest(var, variables)}",
-                )
-            if not isinstance(c, str):
-                raise p.error(f"[data] columns.{var}", f"expected a column name, got {c!r}")
-        subject = table.get("subject")
-        truth = dict(table.get("truth", {}))
-        for key in ("file", "time", "subject", "description", "source", "license"):
-            if key in table and not isinstance(table[key], str):
-                raise p.error(f"[data] {key}", f"expected a string, got {table[key]!r}")
-        return DataSpec(
-            file=table.get("file"),
-            time=table.get("time", "time"),
-            subject=subject,
-            columns=cols,
-            description=table.get("description", ""),
-            source=table.get("source", ""),
-            license=table.get("license", ""),
-            truth=truth,
-            seed=table.get("seed"),
-        )
 
     # ------------------------------------------------------------------- properties
     @property
@@ -894,77 +486,7 @@ class ModelSpec:
     # -------------------------------------------------------------------- sampling
     def _sample_parameters(self, n_subjects=None, covariates=None) -> dict:
         """NumPyro: sample the priors (and subject effects); return build()'s params."""
-        values = {x: numpyro.sample(x, prior.make()) for x, prior in self._priors.items()}
-        if n_subjects is None or not self.is_hierarchical:
-            return values
-        s = int(n_subjects)
-        u = {}  # unconstrained subject values of varying parameters
-        transforms = {}
-        for x in self.varying_parameters:
-            t = biject_to(self._priors[x].make().support)
-            transforms[x] = t
-            u[x] = jnp.broadcast_to(t.inv(values[x]), (s,))
-        re = self.random_effects
-        if re is not None:
-            r = len(re.parameters)
-            sd = jnp.stack(
-                [numpyro.sample(f"{x}_sd", re.sd_priors[x].make()) for x in re.parameters]
-            )
-            if re.lkj is not None and r > 1:
-                chol = numpyro.sample("re_corr_cholesky", dist.LKJCholesky(r, re.lkj))
-                numpyro.deterministic("re_corr", chol @ chol.T)
-                scale_tril = sd[:, None] * chol
-            else:
-                scale_tril = jnp.diag(sd)
-            with numpyro.plate("subjects", s):
-                z = numpyro.sample("re_z", dist.Normal(0.0, 1.0).expand([r]).to_event(1))
-            delta = z @ scale_tril.T  # (S, R): delta_s = diag(sd) L z_s
-            for i, x in enumerate(re.parameters):
-                u[x] = u[x] + delta[:, i]
-        if self.covariates is not None:
-            if covariates is None:
-                raise ValueError(
-                    f"{self.name}: the model has covariates {', '.join(self.covariate_names)}: "
-                    "pass covariates"
-                )
-            for x, covs in self.covariates.effects.items():
-                for c in covs:
-                    beta = numpyro.sample(f"{c}_on_{x}", self.covariates.prior.make())
-                    u[x] = u[x] + beta * covariates[c]
-        for x in self.varying_parameters:
-            values[x] = numpyro.deterministic(f"{x}_subject", transforms[x](u[x]))
-        return values
-
-    def _covariate_arrays(self, covariates, n_subjects) -> dict | None:
-        if not self.covariates:
-            return None
-        if covariates is None:
-            raise ValueError(
-                f"{self.name}: the model needs covariates {', '.join(self.covariate_names)} "
-                f"for each of the {n_subjects} subjects"
-            )
-        if isinstance(covariates, Mapping):
-            missing = [c for c in self.covariate_names if c not in covariates]
-            if missing:
-                raise ValueError(f"{self.name}: missing covariate(s) {', '.join(missing)}")
-            out = {c: jnp.asarray(covariates[c]) for c in self.covariate_names}
-        else:
-            arr = jnp.asarray(covariates)
-            if arr.ndim != 2 or arr.shape[1] != len(self.covariate_names):
-                raise ValueError(
-                    f"covariates must be a mapping or an (S, {len(self.covariate_names)}) array "
-                    f"with columns {', '.join(self.covariate_names)}, got shape {arr.shape}"
-                )
-            out = {c: arr[:, i] for i, c in enumerate(self.covariate_names)}
-        for c, v in out.items():
-            if v.shape != (n_subjects,):
-                raise ValueError(
-                    f"covariate {c!r} must have one value per subject, shape ({n_subjects},), "
-                    f"got {v.shape}"
-                )
-            if not jnp.issubdtype(v.dtype, jnp.floating):
-                out[c] = v.astype(jnp.result_type(float))
-        return out
+        return sampling.sample_parameters(self, n_subjects, covariates)
 
     def sample_prior(self, key, n_subjects: int | None = None, covariates=None) -> dict:
         """One draw of the parameters from the prior, ready for :meth:`build`.
@@ -976,7 +498,9 @@ class ModelSpec:
             covariates: per-subject covariates (name -> (S,)), needed with
                 ``n_subjects`` when the spec has covariates.
         """
-        cov = self._covariate_arrays(covariates, n_subjects) if n_subjects is not None else None
+        cov = None
+        if n_subjects is not None:
+            cov = sampling.covariate_arrays(self, covariates, n_subjects)
         return numpyro.handlers.seed(self._sample_parameters, key)(n_subjects, cov)
 
     def numpyro_model(
@@ -1011,43 +535,12 @@ class ModelSpec:
         """
         from kalmanad.distributions import LinearSDEDistribution
 
-        if subject is not None:
-            if jnp.ndim(times) != 1:
-                raise ValueError("with subject ids, times must be (N,) in long format")
-            n_rows = np.shape(times)[0]
-            y_long = np.full((n_rows, self.m), np.nan) if y is None else y
-            cov_long = None
-            if covariates is not None:
-                if not isinstance(covariates, Mapping):
-                    raise ValueError("with subject ids, covariates must be a mapping name -> (N,)")
-                cov_long = {c: covariates[c] for c in self.covariate_names if c in covariates}
-            panel = to_panel(times, y_long, subject, inputs, cov_long)
-            times, inputs = panel.times, panel.inputs
-            y = None if y is None else panel.y
-            covariates = panel.covariates if covariates is not None else None
-        # Concrete times stay numpy: the distribution then finds the distinct step
-        # sizes once, outside the traced computation.
-        times = times if isinstance(times, jax.Array) else np.asarray(times, dtype=float)
-        if inputs is not None and not isinstance(inputs, jax.Array):
-            inputs = np.asarray(inputs, dtype=float)
-        if times.ndim not in (1, 2):
-            raise ValueError(f"times must be (T,) or (S, T), got shape {times.shape}")
-        n_subjects = times.shape[0] if times.ndim == 2 else None
-        if self.is_hierarchical and n_subjects is None:
-            varying = ", ".join(self.varying_parameters)
-            raise ValueError(
-                f"{self.name} has subject-varying parameters ({varying}): "
-                "pass several subjects (subject ids, or (S, T) times)"
-            )
-        if y is not None:
-            y = jnp.asarray(y)
-            expected = (*times.shape, self.m)
-            if y.shape != expected:
-                raise ValueError(
-                    f"y must have shape {expected} (times {times.shape}, m={self.m} manifest "
-                    f"variables {', '.join(self.manifest)}), got {y.shape}"
-                )
-        cov = self._covariate_arrays(covariates, n_subjects) if n_subjects is not None else None
+        times, y, inputs, covariates, n_subjects = sampling.observation_arrays(
+            self, times, y, inputs, subject, covariates
+        )
+        cov = None
+        if n_subjects is not None:
+            cov = sampling.covariate_arrays(self, covariates, n_subjects)
         values = self._sample_parameters(n_subjects, cov)
         # Built under jit so that concrete draws (NumPyro's eager initial trace) are
         # never value-checked: an invalid draw must become -inf, not an exception.
@@ -1070,6 +563,13 @@ class ModelSpec:
         covs = {x: cols.get(x, x) for x in self.covariate_names}
         return manifest, inputs, covs
 
+    def _time_column(self, header: list) -> str:
+        """The spec's time column, or "time" when the file has that and not the spec's."""
+        time = self.data.time
+        if time not in header and "time" in header:
+            time = "time"
+        return time
+
     def read_data(
         self, path: str | Path, *, time: str | None = None, subject: str | None = None
     ) -> ModelData:
@@ -1090,15 +590,8 @@ class ModelSpec:
         """
         path = Path(path)
         manifest, inputs, covs = self._columns()
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                header = [h.strip() for h in first_row(fh)]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            header = []  # read_csv reports it
-        if time is None:
-            time = self.data.time
-            if time not in header and "time" in header:
-                time = "time"
+        header = read_header(path)
+        time = self._time_column(header) if time is None else time
         if subject is None:
             subject = self.data.subject
             if subject is None and "subject" in header:
@@ -1129,15 +622,7 @@ class ModelSpec:
         if not self.inputs:
             raise DataError(f"{path}: {self.name} has no inputs to read")
         _, inputs, _ = self._columns()
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                header = [h.strip() for h in first_row(fh)]
-        except (OSError, UnicodeDecodeError, csv.Error):
-            header = []  # read_csv reports it
-        if time is None:
-            time = self.data.time
-            if time not in header and "time" in header:
-                time = "time"
+        time = self._time_column(read_header(path)) if time is None else time
         data = read_csv(path, time=time, subject=None, manifest={}, inputs=inputs, covariates={})
         return data.times, data.inputs
 
