@@ -114,9 +114,11 @@ matrix (site ``re_corr_cholesky``, deterministic ``re_corr``). The covariate eff
 
 The package, one job per module: :mod:`~kalmanad.spec.expressions` (cells as
 expressions, sign analysis), :mod:`~kalmanad.spec.priors`,
-:mod:`~kalmanad.spec.cells` (matrices and builders), :mod:`~kalmanad.spec.data`
-(CSV files and panels), :mod:`~kalmanad.spec.model` (:class:`ModelSpec`) and
-:mod:`~kalmanad.spec.zoo`; errors in :mod:`~kalmanad.spec.errors`.
+:mod:`~kalmanad.spec.cells` (matrices, builders and the matrix sections),
+:mod:`~kalmanad.spec.sections` (the other sections), :mod:`~kalmanad.spec.data` (CSV
+files and panels), :mod:`~kalmanad.spec.sampling` (the NumPyro side),
+:mod:`~kalmanad.spec.model` (:class:`ModelSpec`) and :mod:`~kalmanad.spec.zoo`;
+errors in :mod:`~kalmanad.spec.errors`.
 """
 
 from __future__ import annotations

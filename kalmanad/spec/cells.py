@@ -393,7 +393,11 @@ class _FactorList:
 
 
 class Companion:
-    """``drift = { builder = "companion", factors = [...] | coefficients = [...] }``."""
+    """``drift = { builder = "companion", factors = [...] | coefficients = [...] }``.
+
+    ``positive_cells``: ``(where, Expression)`` of the factor coefficients, which must be
+    provably positive (every draw is then stable); empty for ``coefficients``.
+    """
 
     target = "drift"
 
