@@ -1,4 +1,4 @@
-"""Tests of the model-spec language (kalmanad/spec.py) and the model zoo (models/)."""
+"""Tests of the model-spec language (kalmanad/spec/) and the model zoo (models/)."""
 
 from __future__ import annotations
 

@@ -130,7 +130,6 @@ class ModelSpec:
         self._check_site_names(p)
         variables = set(self.manifest) | set(self.inputs) | set(self.covariate_names)
         self.data = parse_data(p, data, variables)
-        self._build_traced = jax.jit(self.build)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -469,8 +468,9 @@ class ModelSpec:
 
         Raises:
             ValueError: missing parameters; with concrete unbatched values, whatever
-                LinearSDE rejects (e.g. a stationary start with an unstable drift).
-                Traced or batched values never raise: use ``model.is_valid()``.
+                LinearSDE rejects (e.g. a stationary start with an unstable drift),
+                except inside a NumPyro model run. Traced or batched values never
+                raise: use ``model.is_valid()``.
         """
         return self._vmapped(self._build_one, params)
 
@@ -542,9 +542,9 @@ class ModelSpec:
         if n_subjects is not None:
             cov = sampling.covariate_arrays(self, covariates, n_subjects)
         values = self._sample_parameters(n_subjects, cov)
-        # Built under jit so that concrete draws (NumPyro's eager initial trace) are
-        # never value-checked: an invalid draw must become -inf, not an exception.
-        model = self._build_traced(values)
+        # Inside this NumPyro model run an invalid draw is left to the distribution's
+        # -inf (kalmanad._validation), never raised.
+        model = self.build(values)
         if self.derived:
             for x, v in self.derived_values(values).items():
                 numpyro.deterministic(x, v)
