@@ -400,7 +400,8 @@ def run_cli(case: str, data: dict, settings: dict, work: Path) -> dict:
         fh.write("id,time,y1,y2\n")
         for s in range(t.shape[0]):
             for k in range(t.shape[1]):
-                fh.write(f"{s + 1},{t[s, k]!r},{y[s, k, 0]!r},{y[s, k, 1]!r}\n")
+                row = (t[s, k], y[s, k, 0], y[s, k, 1])
+                fh.write(f"{s + 1}," + ",".join(repr(float(v)) for v in row) + "\n")
     cache = work / "kalmanad_cache"
     env = dict(os.environ, KALMANAD_CACHE_DIR=str(cache))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
