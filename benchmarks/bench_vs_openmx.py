@@ -1,6 +1,6 @@
 """kalmanad against OpenMx: maximum likelihood of a continuous-time panel, first call.
 
-    python benchmarks/bench_vs_openmx.py --setup     # install Debian's r-cran-openmx (root)
+    python benchmarks/bench_vs_openmx.py --setup     # only install Debian's OpenMx (root)
     python benchmarks/bench_vs_openmx.py [--quick]
 
 Case (e) of issue 19: 40 subjects with ragged observation times (15-35 each, gaps
@@ -90,9 +90,16 @@ TRUTH = {
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the same case (already small)")
-    p.add_argument("--setup", action="store_true", help="install Debian's r-cran-openmx (root)")
     p.add_argument("--no-openmx", action="store_true", help="kalmanad only")
     p.add_argument("--worker", nargs=2, metavar=("DATA.npz", "OUT.json"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--setup",
+        action="store_true",
+        help="only install the R peer (r-cran-openmx, apt-get, root) where missing, then exit",
+    )
+    p.add_argument(
+        "--no-setup", action="store_true", help="never install: skip the peer where it is missing"
+    )
     return p.parse_args()
 
 
@@ -254,9 +261,13 @@ def openmx_csv(path: Path, data: dict) -> None:
 def main():
     t_start = time.time()
     LOGS.mkdir(parents=True, exist_ok=True)
+    if ARGS.setup:
+        ok, msg, versions = ensure_r(["OpenMx"], install=True)
+        print(f"OpenMx {versions.get('OpenMx')}: {'ready' if ok else msg}")
+        return 0 if ok else 1
     ok, msg, versions = (False, "--no-openmx", {})
     if not ARGS.no_openmx:
-        ok, msg, versions = ensure_r(["OpenMx"], install=ARGS.setup)
+        ok, msg, versions = ensure_r(["OpenMx"], install=not ARGS.no_setup)
         if not ok:
             print(f"SKIPPING the OpenMx peer: {msg}", flush=True)
     info = machine_info("float64", ARGS.quick, openmx=versions.get("OpenMx"))
