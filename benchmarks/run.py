@@ -4,10 +4,10 @@
     python benchmarks/run.py                  # the full benchmarks (hours on 2 cores)
     python benchmarks/run.py --quick --only filter scale
 
-Each benchmark (linalg, discretize, filter, nuts, scale) runs as its own subprocess, so
-one failure (or time-out) does not stop the others; failures are reported in the table
-and in the exit status. After the runs, the JSON each benchmark wrote *in this run*
-(older result files are never used) is read back and reduced to
+Each benchmark (linalg, discretize, filter, nuts, scale, vs_stan, vs_openmx) runs as its
+own subprocess, so one failure (or time-out) does not stop the others; failures are
+reported in the table and in the exit status. After the runs, the JSON each benchmark
+wrote *in this run* (older result files are never used) is read back and reduced to
 
 * one table of ratios, kalmanad ÷ each peer measured in the same run and process
   (time ratios: < 1 means kalmanad is faster; ESS/s ratios: > 1 means kalmanad
@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BENCHES = ("linalg", "discretize", "filter", "nuts", "scale")
+BENCHES = ("linalg", "discretize", "filter", "nuts", "scale", "vs_stan", "vs_openmx")
 # Result stem each bench writes (quick, full); bench_discretize has one name for both.
 STEMS = {
     "linalg": ("bench_linalg_quick", "bench_linalg"),
@@ -48,10 +48,20 @@ STEMS = {
     "filter": ("bench_filter_quick", "bench_filter"),
     "nuts": ("bench_nuts_quick", "bench_nuts"),
     "scale": ("bench_scale_quick", "bench_scale"),
+    "vs_stan": ("bench_vs_stan_quick", "bench_vs_stan"),
+    "vs_openmx": ("bench_vs_openmx_quick", "bench_vs_openmx"),
 }
 # Benches that take --compile-cache.
 CACHED = ("filter", "nuts", "scale")
-TIMEOUT_S = {"linalg": 1200, "discretize": 900, "filter": 2400, "nuts": 3000, "scale": 3000}
+TIMEOUT_S = {
+    "linalg": 1200,
+    "discretize": 900,
+    "filter": 2400,
+    "nuts": 3000,
+    "scale": 3000,
+    "vs_stan": 3600,
+    "vs_openmx": 1200,
+}
 
 
 def _parse():
@@ -281,12 +291,79 @@ def ratios_scale(d):
     return out
 
 
+def ratios_vs_stan(d):
+    out = []
+    for r in d.get("ratios", []):
+        case = f"{r['case']} (what users run)"
+        out.append(
+            _ratio(
+                "vs_stan",
+                case,
+                r["contender"],
+                r["peer"],
+                "first fit wall time",
+                r["first_fit_ratio"],
+                "< 1",
+            )
+        )
+        out.append(
+            _ratio(
+                "vs_stan",
+                case,
+                r["contender"],
+                r["peer"],
+                "warm ESS/s",
+                r["warm_ess_per_s_ratio"],
+                "> 1",
+            )
+        )
+    return out
+
+
+def ratios_vs_openmx(d):
+    r = d.get("ratios") or {}
+    if "first_call_vs_rscript" not in r:
+        return []
+    case = f"ML, {d['settings']['subjects']}-subject panel"
+    return [
+        _ratio(
+            "vs_openmx",
+            case,
+            "kalmanad.fit_map first call",
+            "OpenMx whole Rscript",
+            "wall time",
+            r["first_call_vs_rscript"],
+            "< 1",
+        ),
+        _ratio(
+            "vs_openmx",
+            case,
+            "kalmanad process",
+            "OpenMx whole Rscript",
+            "wall time",
+            r["process_vs_rscript"],
+            "< 1",
+        ),
+        _ratio(
+            "vs_openmx",
+            case,
+            "kalmanad.fit_map second call",
+            "OpenMx second mxRun",
+            "wall time",
+            r["warm_call_vs_warm_mxrun"],
+            "< 1",
+        ),
+    ]
+
+
 REDUCE = {
     "linalg": (ratios_linalg, targets_linalg),
     "discretize": (ratios_discretize, targets_discretize),
     "filter": (ratios_filter, lambda d: _targets_generic("filter", d)),
     "nuts": (ratios_nuts, lambda d: _targets_generic("nuts", d)),
     "scale": (ratios_scale, lambda d: _targets_generic("scale", d)),
+    "vs_stan": (ratios_vs_stan, lambda d: _targets_generic("vs_stan", d)),
+    "vs_openmx": (ratios_vs_openmx, lambda d: _targets_generic("vs_openmx", d)),
 }
 
 
