@@ -411,7 +411,10 @@ def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
     """
     from kalmanad.statespace import simulate
 
-    y = np.asarray(simulate(model, times, key, inputs).observations)
+    try:  # an overflowing discretisation is a named ValueError
+        y = np.asarray(simulate(model, times, key, inputs).observations)
+    except ValueError:
+        y = np.full(1, np.nan)
     if np.all(np.isfinite(y)):
         return y
     drift = np.asarray(model.drift)
