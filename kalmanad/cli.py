@@ -26,6 +26,8 @@ EXIT_USAGE = 2
 
 #: The filters ``fit --method`` offers (kalmanad.filter.METHODS).
 FILTER_METHODS = ("sequential", "sqrt", "parallel")
+# fit --plot KIND: the figure's file name, OUT/<model>_<name>.png
+PLOT_FILES = {"states": "fit", "dt-effects": "dt_effects"}
 
 CSV_LAYOUT = """\
 DATA is a CSV in long format, one row per observation time (and subject):
@@ -213,6 +215,8 @@ def _check_fit_options(args) -> None:
                 "--checkpoint applies to --method sequential or sqrt (the parallel filter has "
                 "no sequential segments to rematerialise): drop one of them"
             )
+    if args.no_plot and args.plot:
+        raise CLIError("--plot and --no-plot contradict each other: drop one")
     _check_out_dir(Path(args.out))
 
 
@@ -318,10 +322,12 @@ def cmd_fit(args) -> int:
         nc = out / f"{spec.name}_fit.nc"
         _write_netcdf(idata, nc)
         print(f"wrote {nc}")
-        if not args.no_plot:
-            png = out / f"{spec.name}_fit.png"
+        plots = [] if args.no_plot else list(dict.fromkeys(args.plot or ["states"]))
+        for kind in plots:
+            png = out / f"{spec.name}_{PLOT_FILES[kind]}.png"
+            draw = _plot_fit if kind == "states" else _plot_dt_effects
             with _written_when_complete(png) as tmp:
-                _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, tmp)
+                draw(spec, idata, times, y, inputs, kwargs, subjects, tmp)
             print(f"wrote {png}")
     except OSError as e:
         raise CLIError(f"--out {out}: cannot write: {e.strerror or e}") from None
@@ -390,6 +396,60 @@ def _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> Non
     plt.close(fig)
 
 
+def dt_effects(spec, idata, times, y, inputs, kwargs, subjects, *, max_draws=200, n_dts=60):
+    """Posterior draws of the discrete-time effects e^{AΔt} over a grid of intervals.
+
+    Up to ``max_draws`` draws (evenly thinned) of the drift A. For a panel whose drift
+    differs between subjects, the first subject's. The grid runs from 0 to five times
+    the slowest time scale 1/min|Re λ(A)| (posterior median), where the effects have
+    decayed to e^-5 of their size; for a drift with an eigenvalue of zero real part
+    (a random walk), to the span of the observation times.
+
+    Returns:
+        ``(dts (K,), effects (D, K, n, n), subject label or None)``.
+    """
+    from kalmanad.inference import discrete_time_effects, sde_draws
+
+    flat = {
+        k: np.asarray(v.values).reshape((-1, *v.values.shape[2:]))
+        for k, v in idata.posterior.data_vars.items()
+    }
+    n_draws = len(next(iter(flat.values())))
+    keep = np.unique(np.linspace(0, n_draws - 1, min(max_draws, n_draws)).round().astype(int))
+    samples = {k: v[keep] for k, v in flat.items()}
+    site = next(iter(sde_draws(spec, samples, times, y, inputs, **kwargs).values()))
+    drift = np.asarray(site.model.drift, float)
+    label = None
+    if drift.ndim == 4:  # (draws, subjects, n, n)
+        if not np.allclose(drift, drift[:, :1]):
+            label = subjects[0] if subjects is not None else 0
+        drift = drift[:, 0]
+    rates = np.abs(np.linalg.eigvals(drift).real).min(axis=-1)
+    slowest = float(np.median(rates))
+    t = np.asarray(times, float)
+    span = float(np.nanmax(t) - np.nanmin(t)) or 1.0
+    dt_max = 5.0 / slowest if slowest > 0 and 5.0 / slowest < 1e3 * span else span
+    dts = np.linspace(0.0, dt_max, n_dts)
+    return dts, np.asarray(discrete_time_effects(drift, dts)), label
+
+
+def _plot_dt_effects(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kalmanad.plots import plot_discrete_effects
+
+    dts, effects, label = dt_effects(spec, idata, times, y, inputs, kwargs, subjects)
+    title = f"{spec.name}: discrete-time effects e^(AΔt), posterior median and 90% band"
+    if label is not None:
+        title += f" (subject {label})"
+    fig = plot_discrete_effects(dts, effects, names=spec.latent, title=title)
+    fig.savefig(png, dpi=110, format="png")
+    plt.close(fig)
+
+
 def _read_inputs(spec, path: str):
     from kalmanad.spec import DataError
 
@@ -411,7 +471,10 @@ def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
     """
     from kalmanad.statespace import simulate
 
-    y = np.asarray(simulate(model, times, key, inputs).observations)
+    try:  # an overflowing discretisation is a named ValueError
+        y = np.asarray(simulate(model, times, key, inputs).observations)
+    except ValueError:
+        y = np.full(1, np.nan)
     if np.all(np.isfinite(y)):
         return y
     drift = np.asarray(model.drift)
@@ -596,7 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="kalmanad_out", help="output folder (netCDF and PNG)")
-    s.add_argument("--no-plot", action="store_true")
+    s.add_argument(
+        "--plot",
+        action="append",
+        choices=list(PLOT_FILES),
+        metavar="KIND",
+        help="figure to write (repeat for several; default: states): states = smoothed "
+        "signal and data (OUT/<model>_fit.png); dt-effects = discrete-time auto- and "
+        "cross-effects e^(AΔt) of the latent states against the interval Δt, ctsem-style "
+        "(OUT/<model>_dt_effects.png)",
+    )
+    s.add_argument("--no-plot", action="store_true", help="write no figure")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_fit)
 

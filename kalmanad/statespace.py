@@ -27,8 +27,11 @@ import numpy as np
 
 from kalmanad._validation import value_errors_raise
 from kalmanad.discretize import (
+    _TABLE_BASE,
+    _TABLE_DIGITS,
     StepGrid,
     _check_finite,
+    _theta,
     check_times,
     default_grid,
     discretize_model,
@@ -277,7 +280,12 @@ def kalman_filter(
     kw = {"method": method, "discretization": discretization, "checkpoint": checkpoint}
     # (only the log-likelihood is checked: -inf there is the mark of a bad value)
     return _run_compiled(
-        _kalman_filter, _kalman_filter_jit, args, kw, lambda r: _all_finite(r.log_likelihood)
+        _kalman_filter,
+        _kalman_filter_jit,
+        args,
+        kw,
+        lambda r: _all_finite(r.log_likelihood),
+        diagnose=_check_discretization,
     )
 
 
@@ -351,7 +359,7 @@ def rts_smoother(
     times, inputs, grid = _front_end_args(model, times, inputs)
     args = (model, times, _as_array(y), inputs, grid)
     kw = {"method": method, "discretization": discretization}
-    return _run_compiled(_rts_smoother, _rts_smoother_jit, args, kw)
+    return _run_compiled(_rts_smoother, _rts_smoother_jit, args, kw, diagnose=_check_discretization)
 
 
 def _rts_smoother(model, times, y, inputs, grid, *, method, discretization):
@@ -390,19 +398,74 @@ def _all_finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
-def _run_compiled(fn, compiled, args, kw, finite=_all_finite):
+def _run_compiled(fn, compiled, args, kw, finite=_all_finite, diagnose=None):
     """``compiled(*args, **kw)`` (``compiled`` is ``jax.jit(fn)``).
 
-    Concrete arguments whose result is not ``finite`` are run again by ``fn``,
-    uncompiled: its checks of concrete values name the bad one (or it returns the
-    same result, e.g. -inf for invalid parameters). Not while a NumPyro model runs
-    without validation (:func:`~kalmanad._validation.value_errors_raise`): there the
-    compiled result (``-inf`` for invalid parameters) is the answer.
+    Concrete arguments whose result is not ``finite`` are first given to ``diagnose``
+    (same arguments; it raises a named error for a problem ``fn``'s own checks would
+    only report on an internal object, such as an overflowing discretisation), then
+    run again by ``fn``, uncompiled: its checks of concrete values name the bad one (or
+    it returns the same result, e.g. -inf for invalid parameters). Not while a NumPyro
+    model runs without validation (:func:`~kalmanad._validation.value_errors_raise`):
+    there the compiled result (``-inf`` or NaN for invalid parameters) is the answer.
     """
     res = compiled(*args, **kw)
     if not _is_concrete(args) or finite(res) or not value_errors_raise():
         return res
+    if diagnose is not None:
+        diagnose(*args, **kw)
     return fn(*args, **kw)
+
+
+def _check_discretization(model, times, _data, inputs, grid, *, discretization, **_):
+    """Raise a ``ValueError`` that names an overflowing step of the discretisation.
+
+    Called on concrete arguments whose result was not finite. A valid model whose
+    discretised transition, offset or process-noise covariance is not finite at some
+    step overflowed there: a stiff drift (large ‖A‖Δ) beyond the steps the Van Loan
+    routes cover, or an unstable drift whose e^{AΔ} exceeds the largest float. The
+    message gives the step, ‖A‖Δ and what to do. Returns quietly otherwise (invalid
+    parameter values are left to the uncompiled run, which names them).
+    """
+    batch = _observed_batch(model, times, inputs)
+    if not bool(np.all(np.asarray(_validity(model, batch)))):
+        return
+    ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
+    finite = np.isfinite(np.asarray(ssm.transition)).all(axis=(-2, -1))
+    finite &= np.isfinite(np.asarray(ssm.transition_cov)).all(axis=(-2, -1))
+    finite &= np.isfinite(np.asarray(ssm.offset)).all(axis=-1)
+    if finite.all():
+        return
+    *subject, k = (int(i) for i in np.argwhere(~finite)[0])
+    T = finite.shape[-1]
+    t = np.broadcast_to(np.asarray(times, np.float64), (*batch, T))[tuple(subject)]
+    n = model.n_states
+    a = np.broadcast_to(np.asarray(model.drift, np.float64), (*batch, n, n))[tuple(subject)]
+    dt = float(t[k] - t[k - 1]) if k else 0.0
+    norm = float(max(np.abs(a).sum(axis=0).max(), np.abs(a).sum(axis=1).max()))
+    growth = float(np.linalg.eigvals(a).real.max())
+    where = f"subject {tuple(subject)}, " if subject else ""
+    what = (
+        f"the {discretization!r} discretisation of the drift over the step of Δ = {dt:.6g} "
+        f"({where}times[{k}] - times[{k - 1}]) overflowed: ‖A‖Δ = {norm * dt:.3g}"
+    )
+    if growth >= 0:
+        raise ValueError(
+            f"{what}; the drift is not stable (an eigenvalue with real part {growth:.3g}), "
+            "so e^(AΔ) grows beyond the largest float over this step: shorten the gaps, "
+            "rescale time (measure it in larger units), or check the drift's parameters"
+        )
+    if discretization == "stationary":
+        raise ValueError(f"{what}; rescale time (measure it in larger units)")
+    # The Van Loan routes cover steps up to B^D base lengths θ/σ (see kalmanad.discretize).
+    sigma = 2.0 ** np.ceil(np.log2(norm))
+    longest = _TABLE_BASE**_TABLE_DIGITS * _theta(model.dtype) / sigma
+    raise ValueError(
+        f"{what}, beyond the longest step the Van Loan routes cover for this drift "
+        f"(Δ ≈ {longest:.4g}). The drift is stable (stiff): pass "
+        "discretization='stationary', exact for a stable drift at any step, or rescale "
+        "time (measure it in larger units) so that ‖A‖Δ shrinks"
+    )
 
 
 def simulate(
@@ -431,7 +494,7 @@ def simulate(
     times, inputs, grid = _front_end_args(model, times, inputs)
     args = (model, times, key, inputs, grid)
     kw = {"sample_shape": tuple(int(k) for k in sample_shape), "discretization": discretization}
-    return _run_compiled(_simulate, _simulate_jit, args, kw)
+    return _run_compiled(_simulate, _simulate_jit, args, kw, diagnose=_check_discretization)
 
 
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):

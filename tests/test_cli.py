@@ -391,3 +391,56 @@ def test_simulate_stiff_models(tmp_path):
     unstable.write_text(STIFF_SPEC.replace("DRIFT", "3000"))
     res = run_cli("simulate", str(unstable), "--n", "5", "--dt", "3000", "--out", str(out))
     assert_one_line_error(res, "overflows", "not stable", "--dt", "larger units")
+
+
+# ------------------------------------------------------------------ dt-effects plot
+
+
+def test_dt_effects_are_the_matrix_exponential_of_each_posterior_drift():
+    """``fit --plot dt-effects`` draws e^{AΔt} at the posterior draws of the drift:
+    checked against scipy's expm of A built from the ctvar parameters by hand."""
+    import arviz as az
+    import scipy.linalg
+
+    from kalmanad import cli
+
+    cli._enable_x64()
+    spec = cli._load("ctvar")
+    data, _ = cli._read(spec, None, None, None)
+    times, y, inputs, kwargs, subjects = cli._arrays(spec, data)
+    rng = np.random.default_rng(0)
+    shape = (2, 3)  # chains, draws
+    post = {p: rng.normal(0.0, 0.3, shape) for p in spec.parameters}
+    for p in ("auto1", "auto2", "sigma1", "sigma2", "noise1", "noise2"):
+        post[p] = rng.uniform(0.5, 1.5, shape)
+    idata = az.from_dict(posterior=post)
+    dts, effects, label = cli.dt_effects(spec, idata, times, y, inputs, kwargs, subjects)
+    assert label is None and effects.shape == (6, len(dts), 2, 2)
+    assert dts[0] == 0.0
+    flat = {k: v.reshape(-1) for k, v in post.items()}
+    rates = []
+    for d in range(6):
+        a = np.array(
+            [[-flat["auto1"][d], flat["cross12"][d]], [flat["cross21"][d], -flat["auto2"][d]]]
+        )
+        ref = np.stack([scipy.linalg.expm(a * dt) for dt in dts])
+        np.testing.assert_allclose(effects[d], ref, rtol=1e-10, atol=1e-12)
+        rates.append(np.abs(np.linalg.eigvals(a).real).min())
+    # The grid reaches five slowest time scales (posterior median).
+    np.testing.assert_allclose(dts[-1], 5.0 / np.median(rates), rtol=1e-12)
+
+
+def test_fit_plot_dt_effects_writes_the_figure(tmp_path):
+    out = tmp_path / "out"
+    args = ["--warmup", "30", "--draws", "20", "--chains", "1", "--no-progress"]
+    res = run_cli("fit", "ctvar", *args, "--plot", "dt-effects", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    png = out / "ctvar_dt_effects.png"
+    assert f"wrote {png}" in res.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "ctvar_fit.png").exists()  # only the figure asked for
+    assert sorted(p.name for p in out.iterdir()) == ["ctvar_dt_effects.png", "ctvar_fit.nc"]
+    res = run_cli("fit", "ctvar", "--plot", "dt-effects", "--no-plot", "--out", str(out))
+    assert_one_line_error(res, "--plot", "--no-plot")
+    res = run_cli("fit", "ctvar", "--plot", "trace", "--out", str(out))
+    assert_one_line_error(res, "--plot", "dt-effects")

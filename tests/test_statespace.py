@@ -503,3 +503,94 @@ def test_rts_smoother_matches_dense_conditioning():
     np.testing.assert_allclose(sm.smoothed_mean.reshape(-1), post_mean, atol=1e-10)
     diag_blocks = np.stack([post_cov[k * n : (k + 1) * n, k * n : (k + 1) * n] for k in range(T)])
     np.testing.assert_allclose(sm.smoothed_cov, diag_blocks, atol=1e-10)
+
+
+# ------------------------------------------------------------ stiff drifts, long gaps
+
+
+def _stiff_model(rate=3000.0):
+    drift = jnp.array([[-rate, 1.0], [0.0, -rate]])
+    return LinearSDE(drift, jnp.eye(2), jnp.eye(2), 0.1 * jnp.eye(2))
+
+
+def test_stiff_drift_over_long_gaps_is_a_named_error_suggesting_stationary():
+    """‖A‖Δ = 9e6: the Van Loan routes overflow. The filter, smoother and simulation
+    name the step, ‖A‖Δ and the remedy, not an internal DiscreteSSM entry; simulate
+    no longer returns NaN silently."""
+    model = _stiff_model()
+    t = np.arange(5) * 3000.0
+    y = np.random.default_rng(0).standard_normal((5, 2))
+    message = (
+        r"'van_loan' discretisation of the drift over the step of Δ = 3000 "
+        r"\(times\[1\] - times\[0\]\) overflowed: ‖A‖Δ = 9e\+06, beyond the longest step "
+        r"the Van Loan routes cover for this drift \(Δ ≈ 512\)\. The drift is stable "
+        r"\(stiff\): pass discretization='stationary'.*rescale time"
+    )
+    with pytest.raises(ValueError, match=message):
+        kalmanad.log_likelihood(model, t, y)
+    with pytest.raises(ValueError, match=message):
+        kalmanad.rts_smoother(model, t, y)
+    with pytest.raises(ValueError, match=message):
+        kalmanad.simulate(model, t, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"'van_loan_expm' discretisation.*Δ = 3000"):
+        kalmanad.log_likelihood(model, t, y, discretization="van_loan_expm")
+    # The covered range is what the message says: a step of 511 is fine, 513 is not.
+    assert np.isfinite(kalmanad.log_likelihood(model, np.array([0.0, 511.0]), y[:2]))
+    with pytest.raises(ValueError, match=r"Δ = 513 .*Δ ≈ 512"):
+        kalmanad.log_likelihood(model, np.array([0.0, 513.0]), y[:2])
+
+
+def test_stiff_drift_over_long_gaps_with_the_stationary_discretisation_is_exact():
+    """Over gaps of 3000 the state forgets everything (e^{AΔ} underflows to 0), so the
+    exact log-likelihood is that of independent N(0, P∞ + R) draws; the stationary
+    discretisation gives it, with finite gradients, for every filter, and simulates."""
+    t = np.arange(6) * 3000.0
+    y = np.random.default_rng(1).standard_normal((6, 2))
+    drift = np.array([[-3000.0, 1.0], [0.0, -3000.0]])
+    p_inf = scipy.linalg.solve_continuous_lyapunov(drift, -np.eye(2))
+    ref = scipy.stats.multivariate_normal(np.zeros(2), p_inf + 0.1 * np.eye(2)).logpdf(y).sum()
+    for method in ("sequential", "sqrt", "parallel"):
+
+        def ll(rate, method=method):
+            return kalmanad.log_likelihood(
+                _stiff_model(rate), t, y, method=method, discretization="stationary"
+            )
+
+        v, g = jax.value_and_grad(ll)(3000.0)
+        np.testing.assert_allclose(v, ref, rtol=1e-12)
+        assert np.isfinite(g)
+    sim = kalmanad.simulate(_stiff_model(), t, jax.random.key(0), discretization="stationary")
+    assert np.all(np.isfinite(sim.observations))
+
+
+def test_overflowing_discretisation_names_the_subject_and_an_unstable_drift():
+    # One stiff subject of two: the message names it.
+    batched = jax.vmap(_stiff_model)(jnp.array([1.0, 3000.0]))
+    t = np.arange(3) * 3000.0
+    with pytest.raises(ValueError, match=r"subject \(1,\), times\[1\] - times\[0\]"):
+        kalmanad.log_likelihood(batched, t, np.zeros((3, 2)))
+    # An unstable drift (diffuse start) whose e^{AΔ} overflows.
+    model = LinearSDE([[0.5]], [[1.0]], [[1.0]], [[0.1]], initial_state="diffuse")
+    with pytest.raises(ValueError, match=r"Δ = 2000 .*not stable .*real part 0\.5.*shorten"):
+        kalmanad.log_likelihood(model, np.array([0.0, 2000.0]), np.zeros((2, 1)))
+
+
+def test_overflowing_discretisation_inside_numpyro_runs_stays_non_finite():
+    """Where invalid values must not raise (a NumPyro handler, deferred_value_errors),
+    the stiff model gives -inf and NaN draws, as before."""
+    from kalmanad._validation import deferred_value_errors
+
+    model = _stiff_model()
+    t = np.arange(4) * 3000.0
+    with deferred_value_errors():
+        assert kalmanad.log_likelihood(model, t, np.zeros((4, 2))) == -np.inf
+        sim = kalmanad.simulate(model, t, jax.random.key(0))
+    assert np.all(np.isnan(sim.observations[1:]))
+    numpyro = pytest.importorskip("numpyro")
+
+    def numpyro_model():
+        ll = kalmanad.log_likelihood(model, t, np.zeros((4, 2)))
+        numpyro.factor("ll", ll)
+
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(numpyro_model, 0)).get_trace()
+    assert tr["ll"]["fn"].log_factor == -np.inf
