@@ -1,6 +1,6 @@
 """Loops that XLA:CPU runs fast: :func:`inline_scan` (private, shared by every layer).
 
-Below the linear algebra in the layering: it imports nothing from kalmanad.
+Below the linear algebra in the layering: it imports only :mod:`kalmanad._tuning`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# XLA:CPU runs the kernels of a loop body one after another on the calling thread when
-# every buffer they touch holds at most this many bytes (or when there are at most 8
-# kernels); otherwise it dispatches them through its concurrent executor, which costs
-# about a microsecond per step for a Kalman step of a few small matrices. (jaxlib 0.10.2,
-# ``ThunkExecutor``: ``execute_sequential_buffer_threshold``, not configurable.)
-INLINE_BUFFER_BYTES = 512
+from kalmanad._tuning import INLINE_BUFFER_BYTES
 
 
 def inline_chunk(step, init, xs) -> int:
@@ -37,12 +32,11 @@ def inline_scan(step, init, xs, *, unroll: int = 1, reverse: bool = False):
 
     The inner scan runs over chunks of k = :func:`inline_chunk` steps, so every buffer
     of its body is small and XLA:CPU runs the body inline (see ``INLINE_BUFFER_BYTES``);
-    only the outer scan, T/k trips, pays the concurrent executor. For the SHO's filter
-    (n = 2, k = 16 in float64) this made the forward loop 1.7x faster at T = 2000 (and
-    k = 32, one buffer of 1 KiB, slower than no chunks at all). The first ``(T // k) * k``
+    only the outer scan, T/k trips, pays the concurrent executor (a chunk one buffer
+    over the threshold is slower than no chunks at all). The first ``(T // k) * k``
     steps (the last, with ``reverse``) run chunked, the rest as a plain scan. Same
     results, step for step: only the loop structure differs. Inner loops are not
-    unrolled (unrolling them measured no faster); ``unroll`` applies when unchunked.
+    unrolled (it does not make them faster); ``unroll`` applies when unchunked.
     """
     T = jax.tree.leaves(xs)[0].shape[0]
     k = inline_chunk(step, init, xs)

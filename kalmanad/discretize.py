@@ -92,9 +92,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from kalmanad._tuning import TABLE_BASE, TABLE_DIGITS
 from kalmanad.linalg import expm, solve_continuous_lyapunov
 from kalmanad.linalg._checks import as_float_array
 from kalmanad.linalg._small import small_matmul
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.model import (
     LinearSDE,
     _concrete,
@@ -133,14 +135,6 @@ _HI = lax.Precision.HIGHEST
 
 def _matmul(x, y):
     return jnp.matmul(x, y, precision=_HI)
-
-
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
-
-
-def _sym(x):
-    return 0.5 * (x + _mT(x))
 
 
 def _norm1(x):
@@ -203,9 +197,7 @@ def _require_stable(a, what: str, hint: str) -> None:
 # ---------------------------------------------------------------------------------------
 # the Van Loan route: a base evaluator for short steps, composed with shared tables
 # ---------------------------------------------------------------------------------------
-_TABLE_BASE = 32  # B: entries per table
-_TABLE_DIGITS = 4  # D: tables; steps up to B^D base lengths are covered
-_TABLE_LOG2B = int(np.log2(_TABLE_BASE))
+_TABLE_LOG2B = int(np.log2(TABLE_BASE))
 
 
 def _theta(dtype) -> float:
@@ -236,7 +228,7 @@ def _compose(x: _Triple, y: _Triple) -> _Triple:
     """
     return _Triple(
         small_matmul(y.ad, x.ad),
-        _sym(y.qd + small_matmul(small_matmul(y.ad, x.qd), _mT(y.ad))),
+        symmetrize(y.qd + small_matmul(small_matmul(y.ad, x.qd), mT(y.ad))),
         y.fd + small_matmul(y.ad, x.fd),
     )
 
@@ -246,8 +238,8 @@ def _taylor_coefficients(z, degree: int):
     """c[j] = zʲ/j! for j = 0 … degree, shape (degree + 1, K) for z of shape (K,).
 
     The powers come from two short tables, z^(8i + l) = (z⁸)ⁱ zˡ (l < 8): one fused
-    element-wise kernel. (A cumulative product along j, the previous way, lowers on CPU
-    to a windowed reduction that took 30 ms for 49 000 steps; this takes 1.5 ms.) Every
+    element-wise kernel (a cumulative product along j lowers on CPU to a much slower
+    windowed reduction). Every
     power is a product of at most six factors, so the relative error stays a few ulps;
     z ≤ θ = 2 keeps z^33 far from overflow, and a tiny z underflows to exact zeros.
     Derivative: dc[j]/dz = c[j-1], the same table shifted (custom JVP: exact, any order).
@@ -302,7 +294,7 @@ def _series_evaluator(a, q, w):
         return (prod[:, :n], ac + ac.T, prod[:, 2 * n :]), carry
 
     eye = jnp.eye(n, dtype=dtype)
-    _, (pw, cw, ew) = lax.scan(power, (eye, _sym(q), w), None, length=deg + 1)
+    _, (pw, cw, ew) = lax.scan(power, (eye, symmetrize(q), w), None, length=deg + 1)
     pw_t = pw.reshape(deg + 1, n * n).T
     qe_t = jnp.concatenate([cw.reshape(deg + 1, n * n), ew.reshape(deg + 1, n * r)], axis=1).T
 
@@ -311,7 +303,7 @@ def _series_evaluator(a, q, w):
         coef = _taylor_coefficients(h * sigma, deg + 1)  # (deg + 2, K): z^j/j!
         ad = _matmul(pw_t, coef[:-1]).reshape(n, n, k).transpose(2, 0, 1)
         qf = _matmul(qe_t, coef[1:]) / sigma  # (n² + nr, K)
-        qd = _sym(qf[: n * n].reshape(n, n, k).transpose(2, 0, 1))
+        qd = symmetrize(qf[: n * n].reshape(n, n, k).transpose(2, 0, 1))
         fd = qf[n * n :].reshape(n, r, k).transpose(2, 0, 1)
         return _Triple(ad, qd, fd)
 
@@ -340,7 +332,7 @@ def _block_evaluator(a, q, w):
     def evaluate(h):
         f = expm(h[:, None, None] * block)
         ad = f[:, :n, :n]
-        qd = _sym(_matmul(f[:, :n, n : 2 * n] * alpha, _mT(ad)))
+        qd = symmetrize(_matmul(f[:, :n, n : 2 * n] * alpha, mT(ad)))
         return _Triple(ad, qd, f[:, :n, 2 * n :] * beta)
 
     return evaluate
@@ -397,22 +389,22 @@ def _prefix_tables(units: _Triple, units_ok, doubled: _Triple, doubled_ok):
     n = units.ad.shape[-1]
     dtype = units.ad.dtype
     lead = units.ad.shape[:-2]
-    first = jnp.arange(_TABLE_BASE).reshape((-1,) + (1,) * len(lead)) == 1
+    first = jnp.arange(TABLE_BASE).reshape((-1,) + (1,) * len(lead)) == 1
     eye = jnp.eye(n, dtype=dtype)
 
     def fill(ident, unit):  # [ident, unit, ident, …]: the entries d < 2 filled
         return jnp.where(first[..., None, None], unit[None], ident)
 
     table = _Triple(fill(eye, units.ad), fill(0.0, units.qd), fill(0.0, units.fd))
-    table = _Triple(*(jnp.broadcast_to(x, (_TABLE_BASE, *lead, *x.shape[-2:])) for x in table))
-    ok = jnp.broadcast_to(~first | units_ok, (_TABLE_BASE, *lead))
-    entry = jnp.arange(_TABLE_BASE)
+    table = _Triple(*(jnp.broadcast_to(x, (TABLE_BASE, *lead, *x.shape[-2:])) for x in table))
+    ok = jnp.broadcast_to(~first | units_ok, (TABLE_BASE, *lead))
+    entry = jnp.arange(TABLE_BASE)
 
     def grow(carry, level):
         table, ok = carry
         k, step, step_ok = level
         half = 2**k
-        src = jnp.clip(entry - half, 0, _TABLE_BASE - 1)
+        src = jnp.clip(entry - half, 0, TABLE_BASE - 1)
         new = (entry >= half) & (entry < 2 * half)
         more, more_ok = _safe_compose(
             _Triple(*(x[src] for x in table)), _Triple(*(x[None] for x in step))
@@ -451,9 +443,9 @@ def _high_tables(unit: _Triple, ok):
     ``unit`` = E(B H), the unit of level 1. The doublings E(2ʲ H) for j ≥ log₂B are one
     flat scan; every log₂B-th is a level unit.
     """
-    chain, chain_ok = _doublings(unit, ok, (_TABLE_DIGITS - 1) * _TABLE_LOG2B)
+    chain, chain_ok = _doublings(unit, ok, (TABLE_DIGITS - 1) * _TABLE_LOG2B)
     # chain[j] = E(2^(log₂B + j) H): the units of levels 1 … D-1 and their doublings
-    shape = (_TABLE_DIGITS - 1, _TABLE_LOG2B)
+    shape = (TABLE_DIGITS - 1, _TABLE_LOG2B)
     chain = _Triple(*(jnp.swapaxes(x.reshape(shape + x.shape[1:]), 0, 1) for x in chain))
     chain_ok = chain_ok.reshape(shape).T
     return _prefix_tables(_Triple(*(x[0] for x in chain)), chain_ok[0], chain, chain_ok)
@@ -469,10 +461,10 @@ def _van_loan(a, q, w, dt, base: str):
     on A, not on the steps, and are built once: level 0 from log₂B doublings of E(H) and
     log₂B - 1 batched prefix compositions (:func:`_prefix_tables`); the levels above,
     and the D-1 compositions per step with them, only when some step has ‖A‖Δ ≥ Bθ — a
-    ``cond`` on the whole batch, so under ``vmap`` over drifts both branches run. (Every
-    level built by B - 1 sequential compositions, as before, made the SHO's
-    discretisation value and gradient 2.6 ms at T = 2000 against 2.1 ms now, on 2 CPU
-    cores.) Per step the cost is one base evaluation and one composition. No loop
+    ``cond`` on the whole batch, so under ``vmap`` over drifts both branches run
+    (doublings and prefix compositions are shorter chains than B - 1 sequential
+    compositions per level). Per step the cost is one base evaluation and one
+    composition. No loop
     depends on the data, so reverse mode stores no padded levels. Steps with m ≥ B^D
     (‖A‖Δ ≥ 2^20 θ) are not covered and come out NaN.
     """
@@ -480,13 +472,13 @@ def _van_loan(a, q, w, dt, base: str):
     evaluate = _series_evaluator(a, q, w) if base == "series" else _block_evaluator(a, q, w)
     h_base = _theta(dtype) / _pow2_bound(a)
     ratio = lax.stop_gradient(dt / h_base)
-    covered = ratio < float(_TABLE_BASE**_TABLE_DIGITS)
+    covered = ratio < float(TABLE_BASE**TABLE_DIGITS)
     m = jnp.where(covered, jnp.floor(ratio), 0.0)
     # uncovered steps are evaluated at ρ = 0 (finite, so reverse mode stays NaN-free)
     rho = jnp.where(covered, dt - m * h_base, 0.0)
 
     def digit(i):
-        return (jnp.floor(m / float(_TABLE_BASE**i)) % _TABLE_BASE).astype(jnp.int32)
+        return (jnp.floor(m / float(TABLE_BASE**i)) % TABLE_BASE).astype(jnp.int32)
 
     # The base length and the remainders in one evaluation (one copy of its code).
     both = evaluate(jnp.concatenate([jnp.reshape(h_base, (1,)).astype(dtype), rho]))
@@ -511,7 +503,7 @@ def _van_loan(a, q, w, dt, base: str):
 
         # A scan over the D-1 higher levels: one copy of the composition's code.
         levels = _Triple(*(jnp.moveaxis(x, 1, 0) for x in tables))
-        digits = jnp.stack([digit(i) for i in range(1, _TABLE_DIGITS)])
+        digits = jnp.stack([digit(i) for i in range(1, TABLE_DIGITS)])
 
         def compose_levels(out, valid, levels, levels_ok, digits):
             return lax.scan(step, (out, valid), (levels, levels_ok, digits))[0]
@@ -520,14 +512,14 @@ def _van_loan(a, q, w, dt, base: str):
 
     # Higher digits are nonzero only for steps with ‖A‖Δ ≥ Bθ: the tables of those
     # levels are built, and composed, only when some step needs them.
-    out, valid = lax.cond(jnp.any(m >= _TABLE_BASE), high_digits, lambda args: args, (out, valid))
+    out, valid = lax.cond(jnp.any(m >= TABLE_BASE), high_digits, lambda args: args, (out, valid))
     bad = ~valid[:, None, None]
     return tuple(jnp.where(bad, jnp.nan, x) for x in out)
 
 
 def _stationary(a, q, w, dt):
     n, r = a.shape[-1], w.shape[-1]
-    p_inf = _sym(solve_continuous_lyapunov(a, -q))
+    p_inf = symmetrize(solve_continuous_lyapunov(a, -q))
     if r:
         nu = lax.stop_gradient(_norm1(a))
         beta = _balance(_norm1(lax.stop_gradient(w)), nu)
@@ -539,7 +531,7 @@ def _stationary(a, q, w, dt):
     else:
         ad = expm(dt[..., None, None] * a)
         fd = jnp.zeros((*dt.shape, n, 0), a.dtype)
-    qd = _sym(p_inf - _matmul(_matmul(ad, p_inf), _mT(ad)))
+    qd = symmetrize(p_inf - _matmul(_matmul(ad, p_inf), mT(ad)))
     return ad, qd, fd
 
 
@@ -924,7 +916,7 @@ def initial_moments(model: LinearSDE):
         a_safe = a
     else:
         a_safe = jnp.where(drift_is_stable(a), a, -eye)
-    p0 = _sym(solve_continuous_lyapunov(a_safe, -model.diffusion))
+    p0 = symmetrize(solve_continuous_lyapunov(a_safe, -model.diffusion))
     if model.initial_mean is not None:
         m0 = model.initial_mean
     else:

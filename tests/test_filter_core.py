@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.stats
+from _helpers import random_ssm, to_jax
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -28,26 +29,6 @@ from kalmanad.filter import (
 from kalmanad.ssm import DiscreteSSM
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _spd(rng, k, scale=1.0):
-    a = rng.normal(size=(k, k))
-    return scale * (a @ a.T / k + 0.3 * np.eye(k))
-
-
-def random_ssm(rng, T, n, m, *, zero_steps=(), dtype=np.float64):
-    """Time-varying model with offsets; ``zero_steps`` get A = I, Q = 0 (a Δ = 0 step)."""
-    A = np.stack([0.7 * np.eye(n) + 0.25 * rng.normal(size=(n, n)) for _ in range(T)])
-    Q = np.stack([_spd(rng, n, 0.5) for _ in range(T)])
-    H = rng.normal(size=(T, m, n))
-    R = np.stack([_spd(rng, m, 0.3) for _ in range(T)])
-    for k in zero_steps:
-        A[k] = np.eye(n)
-        Q[k] = 0.0
-    b = rng.normal(size=(T, n))
-    d = rng.normal(size=(T, m))
-    ssm = DiscreteSSM(A, b, Q, H, d, R, rng.normal(size=n), _spd(rng, n))
-    return DiscreteSSM(*[np.asarray(x, dtype) for x in ssm])
 
 
 def dense_state_moments(ssm):
@@ -118,10 +99,6 @@ def with_missing(rng, y, frac=0.25, full_rows=()):
     for k in full_rows:
         y[k] = np.nan
     return y
-
-
-def to_jax(ssm):
-    return jax.tree_util.tree_map(jnp.asarray, ssm)
 
 
 def loglik_fn(y, method, **kw):

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import random_ssm, to_jax
 from jax.test_util import check_grads
-from test_filter_core import random_ssm, to_jax
 
 from kalmanad.filter.sequential import filter_sequential
 from kalmanad.ssm import DiscreteSSM

@@ -51,9 +51,13 @@ def _fit(spec, warmup, draws, chains, seed=0):
 def test_every_zoo_model_fits_briefly(name):
     spec = load_model(name)
     idata = _fit(spec, warmup=40, draws=40, chains=1)
+    # Every parameter is a NumPyro sample site, so each must be in the posterior (a
+    # missing one would otherwise skip its check) with finite draws.
+    assert spec.parameters
+    missing = [p for p in spec.parameters if p not in idata.posterior]
+    assert not missing, f"parameters missing from the posterior: {missing}"
     for p in spec.parameters:
-        if p in idata.posterior:
-            assert np.all(np.isfinite(idata.posterior[p].values)), p
+        assert np.all(np.isfinite(idata.posterior[p].values)), p
     ll = idata.log_likelihood["y"].values
     assert np.all(np.isfinite(ll))
 

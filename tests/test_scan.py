@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kalmanad._scan import INLINE_BUFFER_BYTES, inline_chunk, inline_scan
+from kalmanad._scan import inline_chunk, inline_scan
+from kalmanad._tuning import INLINE_BUFFER_BYTES
 
 
 def _step(carry, x):

@@ -16,8 +16,11 @@ import numpy as np
 from jax import lax
 
 from kalmanad._scan import inline_scan, scan_in_chunks
+from kalmanad._tuning import FILTER_UNROLL_MAX
 from kalmanad.linalg._checks import as_float_array
 from kalmanad.linalg._small import small_matmul, small_matvec
+from kalmanad.linalg._util import mT, symmetrize
+from kalmanad.linalg.cholesky import cholesky_lower
 from kalmanad.ssm import DiscreteSSM
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -39,17 +42,9 @@ CORE_NDIM = {
 # Batch-last layout: with ``tail = 1`` the matrix helpers below read a matrix as
 # (..., i, j, B), with one trailing batch axis (size B, or 1 for a shared operand).
 # Element-wise products of small matrices then run over contiguous length-B vectors,
-# which XLA vectorises on CPU: a panel of 1000 subjects' 3x3 products takes about an
-# eighth of the time it takes in the batch-first (B, ..., i, j) layout, whose innermost
-# axis has length 3. ``tail = 0`` (the default) is the ordinary (..., i, j) layout.
-
-
-def mT(x, tail: int = 0):
-    return jnp.swapaxes(x, -1 - tail, -2 - tail)
-
-
-def symmetrize(x, tail: int = 0):
-    return 0.5 * (x + mT(x, tail))
+# which XLA vectorises on CPU, unlike the batch-first (B, ..., i, j) layout, whose
+# innermost axis has the matrix's own small length. ``tail = 0`` (the default) is the
+# ordinary (..., i, j) layout.
 
 
 def entry(x, i, j, tail: int = 0):
@@ -330,7 +325,7 @@ def finite_scalar(*xs):
 
 # Products inside scan bodies are broadcast-multiply-sums up to SMALL_MM
 # (kalmanad.linalg._small): XLA then fuses a whole filter step into a few loop kernels
-# instead of one library call per tiny product (about 10x faster on CPU for n = 2).
+# instead of one library call per tiny product.
 
 
 def mm(a, b, tail: int = 0):
@@ -358,8 +353,8 @@ def mm_steps(a, b, tail: int = 0):
     """:func:`mm` for the stacks of all T steps at once (outside a loop body).
 
     Batch-last (``tail = 1``) matrices of size ≤ 3 are multiplied by a dot with batch
-    dimensions (steps and subjects): for the 1000 × 50 panel's tangent rule (n = 3)
-    the filter's value and gradient took 65-72 instead of 85-90 ms. Batch-first
+    dimensions (steps and subjects), which beats the multiply-sum for such stacks (as
+    :data:`kalmanad._tuning.DOT_MIN_BATCH` does batch-first). Batch-first
     stacks already get the batched dot from :func:`small_matmul`.
     """
     if tail and max(a.shape[-3:-1] + b.shape[-2:-1]) <= 3:  # (i, j) and (k) of (..., B)
@@ -377,28 +372,6 @@ def mv_steps(a, x, tail: int = 0):
 # ------------------------------------------------------------- small factorisations
 
 
-@jax.custom_jvp
-def _cholesky(s):
-    return lax.linalg.cholesky(s, symmetrize_input=False)
-
-
-@_cholesky.defjvp
-def _cholesky_jvp(primals, tangents):
-    # Murray (2016): L̇ = L Φ(L⁻¹ Ṡ L⁻ᵀ), Φ = lower triangle with halved diagonal, for
-    # a symmetric Ṡ. Where s is not PD the tangent is zero, not NaN, so a masked failed
-    # factorisation leaks no NaN into any derivative order.
-    (s,), (ds,) = primals, tangents
-    ds = symmetrize(ds)
-    l = _cholesky(s)
-    ok = jnp.all(jnp.isfinite(l), axis=(-2, -1))[..., None, None]
-    eye = jnp.eye(s.shape[-1], dtype=s.dtype)
-    l_safe = jnp.where(ok, l, eye)
-    x = tri_solve(l_safe, ds)
-    x = mT(tri_solve(l_safe, mT(x)))
-    phi = jnp.tril(x) - 0.5 * eye * x
-    return l, jnp.where(ok, l_safe @ phi, 0.0)
-
-
 def safe_cholesky(s, tail: int = 0):
     """Lower Cholesky factor of symmetric ``s`` (..., m, m) and a PD flag (...,).
 
@@ -407,15 +380,15 @@ def safe_cholesky(s, tail: int = 0):
     derivative stay finite; the caller turns ``ok == False`` into a ``-inf``
     log-likelihood. Reads the lower triangle of ``s``.
 
-    For m <= SMALL the factorisation is unrolled into element-wise operations with a
+    For m <= FILTER_UNROLL_MAX the factorisation is unrolled into element-wise operations with a
     guarded square root at each pivot (no library call, no reduction: XLA fuses it
     with the rest of a filter step). Beyond, LAPACK with a NaN-safe tangent rule.
     With ``tail = 1`` (batch-last, small sizes only): ``s`` (..., m, m, B), flag (..., B).
     """
     m = s.shape[-1 - tail]
-    if m > SMALL:
+    if m > FILTER_UNROLL_MAX:
         assert not tail, "batch-last layout: small matrices only"
-        l = _cholesky(s)
+        l = cholesky_lower(s)
         d = jnp.diagonal(l, axis1=-2, axis2=-1)
         ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
         l = jnp.where(ok[..., None, None], l, jnp.eye(m, dtype=s.dtype))
@@ -460,12 +433,6 @@ def guard(x, tail: int = 0):
     return jnp.where(jnp.isfinite(x), x, 0.0), jnp.sum(x, axis=tuple(range(x.ndim - tail)))
 
 
-# Largest size solved by unrolled substitution rather than LAPACK/XLA: XLA's CPU
-# expansion of a batched triangular solve costs about a second of compile time each,
-# and for tiny matrices a few fused element-wise operations also run faster.
-SMALL = 8
-
-
 def substitute(
     a, b, *, lower: bool, transpose: bool = False, unit_diagonal: bool = False, tail: int = 0
 ):
@@ -473,11 +440,11 @@ def substitute(
 
     ``op(a) = aᵀ`` if ``transpose``; ``a`` is lower- (``lower``) or upper-triangular,
     optionally with an implicit unit diagonal. Batch dimensions broadcast. Unrolled
-    forward/back substitution for r <= SMALL, ``lax.linalg.triangular_solve`` beyond.
+    forward/back substitution for r <= FILTER_UNROLL_MAX, ``lax.linalg.triangular_solve`` beyond.
     With ``tail = 1`` (batch-last, small sizes only): (..., r, r, B) and (..., r, k, B).
     """
     r = a.shape[-1 - tail]
-    if r > SMALL:
+    if r > FILTER_UNROLL_MAX:
         assert not tail, "batch-last layout: small matrices only"
         batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a = jnp.broadcast_to(a, batch + a.shape[-2:])
@@ -510,13 +477,13 @@ def tri_solve(l, b, *, transpose: bool = False, tail: int = 0):
 def solve(a, b):
     """Solve ``a x = b`` for a general square ``a`` (..., r, r), ``b`` (..., r, k).
 
-    For r <= SMALL: Gaussian elimination with partial pivoting, unrolled into
-    element-wise operations (vectorised over the batch; a LAPACK LU costs about a
-    second of XLA compile time per call site, and the parallel filter has one per
-    scan level). Beyond: ``jnp.linalg.solve``.
+    For r <= FILTER_UNROLL_MAX: Gaussian elimination with partial pivoting, unrolled into
+    element-wise operations (vectorised over the batch; a LAPACK LU is slow to
+    compile on XLA:CPU, and the parallel filter has one per scan level). Beyond:
+    ``jnp.linalg.solve``.
     """
     r = a.shape[-1]
-    if r > SMALL:
+    if r > FILTER_UNROLL_MAX:
         return jnp.linalg.solve(a, b)
     batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a = jnp.broadcast_to(a, batch + a.shape[-2:])
@@ -544,25 +511,30 @@ def solve(a, b):
     return jnp.stack(x, axis=-2)
 
 
-def psd_factor(s):
+def psd_sqrt(s):
     """A square root ``g`` with ``g gᵀ = s₊`` of a symmetric PSD ``s`` (..., n, n),
     and a flag (...,) that ``s`` is PSD up to rounding.
 
-    ``s₊`` clamps negative eigenvalues to zero: ``g = V diag(√λ₊)``. Robust to singular
-    ``s`` (``Q = 0`` at a zero-length step). The flag is False where the most negative
+    ``s₊`` clamps negative eigenvalues to zero: ``g = V diag(√λ₊)``, from the
+    eigen-decomposition of the symmetric part of ``s``. Robust to singular ``s``
+    (``Q = 0`` at a zero-length step). The flag is False where the most negative
     eigenvalue exceeds ``√eps`` times the largest magnitude (an indefinite covariance,
-    not rounding). Not meant to be differentiated (the square root has an infinite
-    derivative at 0): callers stop its gradient and carry derivatives in covariance
-    form.
+    not rounding). Differentiable where the eigenvalues are distinct and positive; the
+    square root has an infinite derivative at 0 (see :func:`psd_factor`).
     """
-    s = lax.stop_gradient(s)
     tol = float(np.sqrt(np.finfo(s.dtype).eps))
     if s.shape[-1] == 1:
         ok = s[..., 0, 0] >= 0
         return jnp.sqrt(jnp.maximum(s, 0.0)), ok
-    lam, vec = jnp.linalg.eigh(s)
+    lam, vec = jnp.linalg.eigh(symmetrize(s))
     ok = lam[..., 0] >= -tol * jnp.max(jnp.abs(lam), axis=-1)
     return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :], ok
+
+
+def psd_factor(s):
+    """:func:`psd_sqrt` with its gradient stopped, for the square-root filter, which
+    carries derivatives in covariance form (singular covariances are common there)."""
+    return psd_sqrt(lax.stop_gradient(s))
 
 
 def tria(m):
@@ -576,7 +548,12 @@ def tria(m):
 
 def chol_tangent(l, dp):
     """Tangent of the Cholesky factor ``l`` of ``P`` for a symmetric tangent ``dp``:
-    ``L̇ = L Φ(L⁻¹ Ṗ L⁻ᵀ)`` (valid for any diagonal signs of ``l``)."""
+    ``L̇ = L Φ(L⁻¹ Ṗ L⁻ᵀ)`` (valid for any diagonal signs of ``l``).
+
+    The rule of :func:`kalmanad.linalg.cholesky.cholesky_lower`, kept apart because it
+    takes a given factor (the square-root filter's, from QR, with no failure to mask)
+    and solves by unrolled substitution for small sizes, which fuses with the filter
+    step."""
     x = tri_solve(l, dp)
     x = mT(tri_solve(l, mT(x)))
     phi = jnp.tril(x) - 0.5 * jnp.eye(x.shape[-1], dtype=x.dtype) * x

@@ -36,11 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kalmanad.filter._common import finite_scalar, safe_cholesky, symmetrize, tri_solve
+from kalmanad.filter._common import finite_scalar, safe_cholesky, tri_solve
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.parallel import filter_parallel
 from kalmanad.filter.sequential import filter_sequential, finish, setup
 from kalmanad.filter.sqrt import filter_sqrt
+from kalmanad.linalg._util import symmetrize
 from kalmanad.ssm import DiscreteSSM
 
 # The filter that continues from the end of the diffuse window, by ``method``.

@@ -32,14 +32,13 @@ from jax import lax
 from kalmanad.filter._common import (
     LOG_2PI,
     first_bad_mask,
-    mT,
     safe_cholesky,
     solve,
-    symmetrize,
     tri_solve,
 )
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.sequential import setup
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
 

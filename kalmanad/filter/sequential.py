@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from kalmanad._scan import inline_scan
+from kalmanad._tuning import BATCH_LAST_MIN, SMALL_MM
 from kalmanad.filter._common import (
     LOG_2PI,
     columns,
@@ -31,17 +32,15 @@ from kalmanad.filter._common import (
     mask_missing,
     mm,
     mm_steps,
-    mT,
     mv,
     mv_steps,
     safe_cholesky,
     sanitize_inputs,
     scan_segments,
-    symmetrize,
     tri_solve,
 )
 from kalmanad.filter._types import FilterResult
-from kalmanad.linalg._small import SMALL_MM
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
 
@@ -291,11 +290,11 @@ def filter_sequential(
     """Sequential covariance-form filter on an unbatched, promoted SSM (internal).
 
     Loops: XLA's CPU runtime runs a loop body inline when it has at most 8 kernels or
-    when every buffer it touches holds at most 512 bytes, and otherwise through its
-    concurrent executor, at about a microsecond per step. The scans therefore run in
-    chunks of steps small enough for the second rule (``kalmanad._scan.inline_scan``:
-    16 steps for n = 2 in float64), which made the SHO's forward loop 1.7x faster at
-    T = 2000. ``unroll`` (steps per loop iteration; default 1 for one state, else 4)
+    when every buffer it touches holds at most ``kalmanad._tuning.INLINE_BUFFER_BYTES``,
+    and otherwise through its concurrent executor, which costs time on every step. The
+    scans therefore run in chunks of steps small enough for the second rule
+    (``kalmanad._scan.inline_scan``: 16 steps for n = 2 in float64). ``unroll`` (steps
+    per loop iteration; default 1 for one state, else 4)
     applies only where no chunks fit (large states), where it amortises the loop's
     own overhead.
     ``checkpoint``: segment length of a rematerialised scan (see ``scan_segments``);
@@ -308,11 +307,6 @@ def filter_sequential(
     m_p, P_p, m_f, P_f, ll = _core(ssm, y0, n_obs, unroll, checkpoint, 0)
     total, pointwise = finish(ll, ok_in)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)
-
-
-# Batch-last filtering pays off for panels of at least this many subjects (below, the
-# transposes cost more than the vectorised products save).
-BATCH_LAST_MIN = 8
 
 
 def batch_last_applies(n: int, m: int, batch: int) -> bool:

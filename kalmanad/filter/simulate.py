@@ -15,21 +15,12 @@ observations, ``H_k m_k + d_k`` and ``H_k P_k H_kᵀ + R_k``.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from kalmanad.filter._common import check_values, is_concrete, mT, promote, ssm_dims, symmetrize
+from kalmanad.filter._common import check_values, is_concrete, promote, psd_sqrt, ssm_dims
 from kalmanad.filter._types import Forecast, Simulation
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
-
-
-def _sqrt_psd(s):
-    # Differentiable where the eigenvalues are distinct; not meant for gradients at
-    # singular covariances (the square root is not differentiable there).
-    if s.shape[-1] == 1:
-        return jnp.sqrt(jnp.maximum(s, 0.0))
-    lam, vec = jnp.linalg.eigh(symmetrize(s))
-    return vec * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None, :]
 
 
 @jax.jit
@@ -39,8 +30,8 @@ def _simulate_one(ssm: DiscreteSSM, key):
     dtype = ssm.transition.dtype
     eps = jax.random.normal(k1, (T, n), dtype)
     dlt = jax.random.normal(k2, (T, m), dtype)
-    x0 = ssm.initial_mean + _sqrt_psd(ssm.initial_cov) @ jax.random.normal(k0, (n,), dtype)
-    w = (_sqrt_psd(ssm.transition_cov) @ eps[..., None])[..., 0] + ssm.offset
+    x0 = ssm.initial_mean + psd_sqrt(ssm.initial_cov)[0] @ jax.random.normal(k0, (n,), dtype)
+    w = (psd_sqrt(ssm.transition_cov)[0] @ eps[..., None])[..., 0] + ssm.offset
 
     def step(x, inp):
         A, wk = inp
@@ -48,7 +39,7 @@ def _simulate_one(ssm: DiscreteSSM, key):
         return x, x
 
     _, xs = lax.scan(step, x0, (ssm.transition, w))
-    e = (_sqrt_psd(ssm.observation_cov) @ dlt[..., None])[..., 0]
+    e = (psd_sqrt(ssm.observation_cov)[0] @ dlt[..., None])[..., 0]
     ys = (ssm.observation @ xs[..., None])[..., 0] + ssm.observation_offset + e
     return Simulation(xs, ys)
 

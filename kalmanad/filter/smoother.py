@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kalmanad.filter._common import mT, symmetrize
 from kalmanad.filter._types import FilterResult, SmootherResult
 from kalmanad.linalg import cho_solve
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
 

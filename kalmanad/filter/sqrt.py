@@ -43,15 +43,14 @@ from kalmanad.filter._common import (
     LOG_2PI,
     attach_cholesky,
     chol_tangent,
-    mT,
     psd_factor,
     scan_segments,
-    symmetrize,
     tri_solve,
     tria,
 )
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.sequential import setup
+from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
 

@@ -1,7 +1,7 @@
 """Differentiable linear-algebra primitives with explicit gradient rules.
 
 Every function here accepts any leading batch dimensions and works in float32 and
-float64. Derivatives are given by derived rules (design.md §4), never by automatic
+float64. Derivatives are given by derived rules, never by automatic
 differentiation through the algorithm's own steps.
 """
 

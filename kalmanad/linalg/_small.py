@@ -13,27 +13,20 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-#: Largest dimension written as a broadcast-multiply-sum (XLA then fuses a whole small
-#: product, or a chain of them, into one kernel); larger products are dots.
-SMALL_MM = 8
-
-#: Stacks of at least this many matrices of size ≤ 3 are multiplied by XLA's batched dot.
-DOT_MIN_BATCH = 64
+from kalmanad._tuning import DOT_MIN_BATCH, SMALL_MM
 
 
 def use_dot(batch_a, batch_b, size: int) -> bool:
     """Whether a batch-first product of matrices of largest dimension ``size`` should be
     a dot rather than a broadcast-multiply-sum.
 
-    Measured on XLA:CPU (jaxlib 0.10.2, 2 cores):
+    On XLA:CPU (thresholds in :mod:`kalmanad._tuning`):
 
     * above ``SMALL_MM``, the dot;
     * for n ≤ 3 and a stack of at least ``DOT_MIN_BATCH`` matrices, the batched dot too:
-      2-4× faster for a composition's value and gradient in the discretisation (49 000
-      steps, n = 3: 30 against 82 ms), and the sequential filter's SHO value and
-      gradient at T = 2000 took 1.1 instead of 1.6 ms (the transposes of a
-      multiply-sum materialise an (i, j, k)-shaped product);
-    * for n = 4 … 8 the batched dot takes a slow path (3× slower than multiply-sum);
+      the transposes of a multiply-sum (in reverse mode) materialise an (i, j, k)-shaped
+      product, which the dot avoids;
+    * for n = 4 … 8 the batched dot takes a slow path, slower than the multiply-sum;
     * single matrices, as inside a loop body, fuse best as multiply-sums (fewer kernels
       per iteration).
     """

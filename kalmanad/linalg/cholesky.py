@@ -4,7 +4,7 @@ These are the Kalman update's hot path. Every public function accepts any leadin
 batch dimensions (broadcast between arguments, numpy style), works in float32 and
 float64, and promotes integer input to JAX's default float type.
 
-Derivatives are closed-form rules written with ``jax.custom_jvp`` (design.md §4).
+Derivatives are closed-form rules written with ``jax.custom_jvp``.
 Each forward (tangent) rule is linear in the input tangents and built only from
 transposable operations -- triangular solves, matrix products, element-wise
 products with stored residuals -- so JAX's reverse mode is exactly the closed-form
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from kalmanad.linalg._checks import as_float_array, check_square, common_dtype
+from kalmanad.linalg._util import mT, symmetrize
 
 __all__ = ["cho_solve", "gaussian_logpdf", "gaussian_logpdf_chol", "logdet_spd"]
 
@@ -43,10 +44,6 @@ _HI = lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
 
 
 def _mm(x, y):
@@ -97,10 +94,6 @@ def _safe_factor(l, ok):
     return jnp.where(ok[..., None, None], l, _eye_like(l))
 
 
-def _symmetrize(s):
-    return 0.5 * (s + _mT(s))
-
-
 def _batch_shape(name_a, a_batch, name_b, b_batch, a_shape, b_shape):
     try:
         return jnp.broadcast_shapes(a_batch, b_batch)
@@ -115,25 +108,27 @@ def _batch_shape(name_a, a_batch, name_b, b_batch, a_shape, b_shape):
 
 
 @jax.custom_jvp
-def _cholesky(s):
+def cholesky_lower(s):
     """Lower Cholesky factor of a symmetric ``s`` (..., n, n); all-NaN where not PD.
 
-    Its tangent rule (Murray 2016) ``L̇ = L Φ(L⁻¹ Ṡ L⁻ᵀ)``, with Φ the lower triangle
-    with halved diagonal, assumes a symmetric tangent ``Ṡ`` (callers symmetrise). Where
-    ``s`` is not positive-definite the tangent is zero rather than NaN, so that a masked
-    (``jnp.where``) failed factorisation leaks no NaN into higher derivatives.
+    Reads the lower triangle of ``s``. Its tangent rule (Murray 2016)
+    ``L̇ = L Φ(L⁻¹ Ṡ L⁻ᵀ)``, with Φ the lower triangle with halved diagonal, reads the
+    tangent as its symmetric part. Where ``s`` is not positive-definite the tangent is
+    zero rather than NaN, so that a masked (``jnp.where``) failed factorisation leaks no
+    NaN into higher derivatives. Shared with the filters (not part of the public API).
     """
     return lax.linalg.cholesky(s, symmetrize_input=False)
 
 
-@_cholesky.defjvp
+@cholesky_lower.defjvp
 def _cholesky_jvp(primals, tangents):
     (s,), (ds,) = primals, tangents
-    l = _cholesky(s)  # the custom function itself, so every order uses this safe rule
+    ds = symmetrize(ds)  # exact no-op for this module's callers, which pass symmetric s
+    l = cholesky_lower(s)  # the custom function itself, so every order uses this safe rule
     ok = _factored(l)
     l_safe = _safe_factor(l, ok)
     x = _tri_solve(l_safe, ds)  # L⁻¹ Ṡ
-    x = _mT(_tri_solve(l_safe, _mT(x)))  # L⁻¹ Ṡ L⁻ᵀ
+    x = mT(_tri_solve(l_safe, mT(x)))  # L⁻¹ Ṡ L⁻ᵀ
     phi = jnp.tril(x) - 0.5 * jnp.eye(x.shape[-1], dtype=x.dtype) * x
     dl = jnp.where(ok[..., None, None], _mm(l_safe, phi), jnp.zeros_like(phi))
     return l, dl
@@ -142,7 +137,7 @@ def _cholesky_jvp(primals, tangents):
 def _spd_inverse(l):
     """``S⁻¹ = L⁻ᵀ L⁻¹`` from the lower factor ``l`` (..., n, n)."""
     linv = _tri_solve(l, jnp.broadcast_to(_eye_like(l), l.shape))
-    return _mm(_mT(linv), linv)
+    return _mm(mT(linv), linv)
 
 
 # ------------------------------------------------------------------------ cho_solve
@@ -163,7 +158,7 @@ def _cho_solve_jvp(primals, tangents):
     w = _tri_solve(l, b)
     z = _tri_solve(l, w, transpose=True)
     dw = _tri_solve(l, db - _mm(dl, w))
-    dz = _tri_solve(l, dw - _mm(_mT(dl), z), transpose=True)
+    dz = _tri_solve(l, dw - _mm(mT(dl), z), transpose=True)
     return z, dz
 
 
@@ -228,14 +223,14 @@ def cho_solve(l, b):
 
 @jax.custom_jvp
 def _logdet_spd(s):
-    return 2.0 * jnp.sum(jnp.log(_diag(_cholesky(s))), axis=-1)  # nan where not PD
+    return 2.0 * jnp.sum(jnp.log(_diag(cholesky_lower(s))), axis=-1)  # nan where not PD
 
 
 @_logdet_spd.defjvp
 def _logdet_spd_jvp(primals, tangents):
     # d log det S = tr(S⁻¹ Ṡ); reverse: S̄ = S⁻¹. One factorisation, reused.
     (s,), (ds,) = primals, tangents
-    l = _cholesky(s)
+    l = cholesky_lower(s)
     ok = _factored(l)
     l_safe = _safe_factor(l, ok)
     # From the safe factor, so that differentiating this rule again leaks no NaN.
@@ -271,7 +266,7 @@ def logdet_spd(s):
     """
     s = as_float_array(s, "s")
     check_square(s, "s")
-    return _logdet_spd(_symmetrize(s))
+    return _logdet_spd(symmetrize(s))
 
 
 # ------------------------------------------------------------------ gaussian_logpdf
@@ -285,7 +280,7 @@ def _gaussian_parts(v, s, *, safe):
     would leak into gradients); the plain evaluation does not, as its NaN is masked.
     """
     m = s.shape[-1]
-    l = _cholesky(s)
+    l = cholesky_lower(s)
     pd = _factored(l)
     if safe:
         l = _safe_factor(l, pd)
@@ -352,7 +347,7 @@ def gaussian_logpdf(v, s):
     Returns:
       (...,) array: the broadcast batch shape.
 
-    Derivatives (closed form, design.md §4): ``S̄ = −½ (S⁻¹ − S⁻¹ v vᵀ S⁻¹)`` (the
+    Derivatives (closed form): ``S̄ = −½ (S⁻¹ − S⁻¹ v vᵀ S⁻¹)`` (the
     symmetric gradient) and ``v̄ = −S⁻¹ v``. The forward rule is
     ``−½ tr((S⁻¹ − z zᵀ) Ṡ) − zᵀ v̇`` with ``z = S⁻¹ v``; its residuals come from the
     same single factorisation, so ``jax.value_and_grad`` factorises once and its
@@ -372,7 +367,7 @@ def gaussian_logpdf(v, s):
     s = as_float_array(s, "s")
     _check_gaussian_args(v, s, "s")
     dtype = common_dtype(v, s)
-    return _gaussian_logpdf(v.astype(dtype), _symmetrize(s.astype(dtype)))
+    return _gaussian_logpdf(v.astype(dtype), symmetrize(s.astype(dtype)))
 
 
 # ------------------------------------------------------------- gaussian_logpdf_chol

@@ -12,7 +12,7 @@ with m and s chosen from ‖A‖₁ so that the backward error is below the unit
 computed by differentiating the same algorithm (Al-Mohy & Higham 2009, Algorithm 6.4)
 with the same m and s, so derivatives are those of the very function that was evaluated.
 
-Differentiation rules (design.md §4) are attached to two JAX primitives:
+Differentiation rules are attached to two JAX primitives:
 
 * ``kalmanad_expm_fwd``: a ↦ (e^a, residuals). The residuals are the degree index, the
   number of squarings s, the scaled powers of A the Padé branch formed, the LU factors of
@@ -51,7 +51,9 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from kalmanad._tuning import EXPM_UNROLL_N
 from kalmanad.linalg._checks import as_float_array, check_same_shape, check_square
+from kalmanad.linalg._util import mT
 
 __all__ = ["expm", "expm_frechet"]
 
@@ -104,15 +106,10 @@ _THETA_F32 = (4.258730016922831e-1, 1.880152677804762e0, 3.925724783138660e0)
 _HI = lax.Precision.HIGHEST
 
 
-# Up to this size products and LU are unrolled into elementwise ops, which XLA fuses; a
-# batched dot or LAPACK call per tiny matrix costs several times more (measured on CPU).
-_UNROLL_N = 4
-
-
 def _mm(x, y):
     """x @ y over the leading batch axis."""
     n = x.shape[-1]
-    if n <= _UNROLL_N:
+    if n <= EXPM_UNROLL_N:
         acc = x[..., :, 0:1] * y[..., 0:1, :]
         for k in range(1, n):
             acc = acc + x[..., :, k : k + 1] * y[..., k : k + 1, :]
@@ -123,13 +120,9 @@ def _mm(x, y):
 
 def _sym2(x, y, z, w):
     """x @ y + z @ w; for larger n as one (n, 2n) x (2n, n) product."""
-    if x.shape[-1] <= _UNROLL_N:
+    if x.shape[-1] <= EXPM_UNROLL_N:
         return _mm(x, y) + _mm(z, w)
     return _mm(jnp.concatenate([x, z], axis=-1), jnp.concatenate([y, w], axis=-2))
-
-
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
 
 
 def _eye_like(x):
@@ -316,7 +309,7 @@ def _branches(table, dtype):
 # --------------------------------------------------------------------------------------
 def _use_unrolled_lu(q):
     n, bsz = q.shape[-1], q.shape[0]
-    return n <= 2 or (n <= _UNROLL_N and bsz > 1)
+    return n <= 2 or (n <= EXPM_UNROLL_N and bsz > 1)
 
 
 def _lu_unrolled(q):
@@ -366,7 +359,7 @@ def _lu_solve(lu, perm, rhs, transpose):
     if _use_unrolled_lu(lu):
 
         def tri(t, b, lower, unit, transpose_a=False):
-            return _tri_unrolled(_mT(t) if transpose_a else t, b, lower != transpose_a, unit)
+            return _tri_unrolled(mT(t) if transpose_a else t, b, lower != transpose_a, unit)
 
     else:
 
@@ -431,7 +424,7 @@ def _frechet_impl(a, deg, s, p2, p4, p6, p8, lu, perm, r, e, *, transpose):
     if transpose:
         # L(Aᵀ, ·): every residual is a polynomial in A (or R), so transposes are residuals
         # of Aᵀ; only the LU factors need a transposed solve.
-        a, p2, p4, p6, p8, r = (_mT(t) for t in (a, p2, p4, p6, p8, r))
+        a, p2, p4, p6, p8, r = (mT(t) for t in (a, p2, p4, p6, p8, r))
     lu_part, lv_part = lax.switch(
         deg, _branches(_DPADE, a.dtype), _scale(a, s), _scale(e, s), p2, p4, p6, p8
     )
@@ -530,7 +523,7 @@ def _frechet_jvp(primals, tangents, *, transpose):
         return ell, _frechet_p.bind(a, *res, edot, transpose=transpose)
     # d L(A, E)[Ȧ, Ė] = upper-right block of L([[A, E], [0, A]], [[Ȧ, Ė], [0, Ȧ]]).
     if transpose:
-        a, adot = _mT(a), _mT(adot)
+        a, adot = mT(a), mT(adot)
     edot = ad.instantiate_zeros(edot)
     n = a.shape[-1]
     z = jnp.zeros_like(a)
@@ -649,7 +642,7 @@ def expm_frechet(a, e):
         ``scipy.linalg.expm_frechet`` this returns L alone; use ``expm(a)`` for e^a.
 
     Differentiable to any order in both arguments (it is linear in e; the derivative in a
-    uses the block identity of design.md §4).
+    uses the block identity ``expm([[a, e], [0, a]]) = [[e^a, L(a, e)], [0, e^a]]``).
     """
     a = as_float_array(a, "a")
     e = as_float_array(e, "e")

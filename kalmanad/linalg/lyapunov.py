@@ -31,8 +31,8 @@ Schur form, no general eigendecomposition):
   at a time, and only when the batch holds such a matrix.
 
 The route is a static, Python-level choice on ``n`` (no branching on values under
-``jit``). The crossover was measured on CPU in float64, batch 1 and 512, primal and
-value-and-grad: the Kronecker route costs O(n⁶) but shares its inverse with the
+``jit``; the crossovers are in :mod:`kalmanad._tuning`, set on CPU in float64 for
+values and gradients): the Kronecker route costs O(n⁶) but shares its inverse with the
 gradient; the iterations cost O(n³) per step and the gradient is a second solve. The
 fallback is a ``lax.cond`` on "does any matrix of the batch need it". The iterative
 solvers batch natively under ``jax.vmap`` (``custom_vmap``), so that predicate stays a
@@ -41,7 +41,7 @@ scalar: plain ``vmap`` would turn the ``cond`` into "always compute the fallback
 Inverses are Gauss–Jordan elimination written in ``jax.numpy`` on CPU (see
 :func:`_gauss_jordan_inverse` for why) and the native LU elsewhere.
 
-Derivatives (design.md §4) come from ``jax.lax.custom_linear_solve`` with the linear
+Derivatives come from ``jax.lax.custom_linear_solve`` with the linear
 operator ``X ↦ a X + X aᵀ`` (``X ↦ X − a X aᵀ``): the tangent solves the same
 equation with right-hand side ``q̇ − (ȧ X + X ȧᵀ)`` (``q̇ + ȧ X aᵀ + a X ȧᵀ``), and the
 cotangent solves the adjoint equation ``aᵀ Λ + Λ a = X̄`` (``Λ − aᵀ Λ a = X̄``), giving
@@ -57,19 +57,14 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import custom_batching, lax
 
+from kalmanad._tuning import KRON_MAX_N_CONTINUOUS as _KRON_MAX_N_CONTINUOUS
+from kalmanad._tuning import KRON_MAX_N_DISCRETE as _KRON_MAX_N_DISCRETE
+from kalmanad._tuning import REPLAY_MAX_BYTES as _REPLAY_MAX_BYTES
 from kalmanad.linalg._checks import as_float_array, check_same_shape, check_square, common_dtype
+from kalmanad.linalg._util import mT, symmetrize
 
 __all__ = ["solve_continuous_lyapunov", "solve_discrete_lyapunov"]
 
-# Largest n solved through the n² × n² Kronecker system (see the module docstring). On
-# CPU, float64 (median of repeats; primal / value_and_grad, batch 1 and 512): at
-# n = 3 the continuous Kronecker route takes 0.18 / 0.15 ms and 3.4 / 4.3 ms against
-# 0.11 / 0.31 ms and 4.3 / 8.8 ms for the sign iteration; at n = 4, 0.23 / 0.27 ms and
-# 13 / 14 ms against 0.23 / 0.40 ms and 6.9 / 11 ms. Smith's doubling is cheaper than
-# the sign iteration, so the discrete crossover is lower: at n = 3, 0.18 / 0.24 ms and
-# 3.4 / 3.9 ms (Kronecker) against 0.20 / 0.49 ms and 1.2 / 2.3 ms.
-_KRON_MAX_N_CONTINUOUS = 3
-_KRON_MAX_N_DISCRETE = 2
 
 # Newton sign iteration: with determinant scaling it needs about 10 steps for
 # well-separated spectra and about 25 when an eigenvalue lies within 1e-12 of the
@@ -86,10 +81,6 @@ _MAX_REFINE = 5
 # A matrix whose relative residual is still above this many times n·eps after
 # refinement goes to the Kronecker solve, like one outside the iteration's domain.
 _ACCEPT_FACTOR = 100
-# Largest size (bytes) of the sign iteration's recorded inverses, _MAX_SIGN_ITER of them
-# per matrix of the batch, for which they are kept and replayed (below); beyond, every
-# solve repeats the iteration.
-_REPLAY_MAX_BYTES = 64 * 2**20
 
 
 def solve_continuous_lyapunov(a, q):
@@ -181,10 +172,6 @@ def _prepare(a, q, fname):
     return jnp.broadcast_to(a.astype(dtype), shape), jnp.broadcast_to(q.astype(dtype), shape)
 
 
-def _mT(x):
-    return jnp.swapaxes(x, -1, -2)
-
-
 def _norm1(x):
     """Matrix 1-norm (largest absolute column sum) over the last two axes."""
     return jnp.max(jnp.sum(jnp.abs(x), axis=-2), axis=-1)
@@ -193,8 +180,8 @@ def _norm1(x):
 def _operator(a, x, discrete):
     """The linear map whose inverse is the solver: ``a x + x aᵀ`` or ``x − a x aᵀ``."""
     if discrete:
-        return x - a @ x @ _mT(a)
-    return a @ x + x @ _mT(a)
+        return x - a @ x @ mT(a)
+    return a @ x + x @ mT(a)
 
 
 def _symmetrise_like(b, x):
@@ -204,8 +191,8 @@ def _symmetrise_like(b, x):
     right-hand side is symmetric; this only removes rounding asymmetry. It is applied to
     every solve (primal, tangent, cotangent), each of which is the same linear map.
     """
-    sym = jnp.all(b == _mT(b), axis=(-2, -1), keepdims=True)
-    return jnp.where(sym, 0.5 * (x + _mT(x)), x)
+    sym = jnp.all(b == mT(b), axis=(-2, -1), keepdims=True)
+    return jnp.where(sym, symmetrize(x), x)
 
 
 def _solve(a, q, discrete):
@@ -226,7 +213,7 @@ def _solve(a, q, discrete):
             return _symmetrise_like(b, _kron_solve(a_const, k_inv, ok, b, discrete))
 
         def transpose_solve(_, b):
-            x = _kron_solve(_mT(a_const), _mT(k_inv), ok, b, discrete)
+            x = _kron_solve(mT(a_const), mT(k_inv), ok, b, discrete)
             return _symmetrise_like(b, x)
 
     elif not discrete and _replay_fits(a_const):
@@ -239,7 +226,7 @@ def _solve(a, q, discrete):
             return _symmetrise_like(b, _replayed_solve(a_const, *factors, b))
 
         def transpose_solve(_, b):
-            return _symmetrise_like(b, _replayed_transpose_solve(_mT(a_const), *factors, b))
+            return _symmetrise_like(b, _replayed_transpose_solve(mT(a_const), *factors, b))
 
     else:
         iterative = _smith_solve if discrete else _sign_solve
@@ -248,7 +235,7 @@ def _solve(a, q, discrete):
             return _symmetrise_like(b, iterative(a_const, b))
 
         def transpose_solve(_, b):
-            return _symmetrise_like(b, iterative(_mT(a_const), b))
+            return _symmetrise_like(b, iterative(mT(a_const), b))
 
     return lax.custom_linear_solve(matvec, q, solve, transpose_solve)
 
@@ -260,7 +247,7 @@ def _gauss_jordan_inverse(m):
     """Inverse and log|det| of ``m`` (..., N, N) by Gauss–Jordan with partial pivoting.
 
     Pure ``jax.numpy``, vectorised over the batch: N steps of O(N²) work each. On CPU
-    this replaces jaxlib's LAPACK kernels, which (jaxlib 0.10) fan a batch out over
+    this replaces jaxlib's LAPACK kernels, which fan a batch out over
     XLA's intra-op thread pool and block inside it: two independent batched calls in
     flight at once -- e.g. the primal and the adjoint solve of a gradient -- can
     deadlock a machine with two cores. A singular ``m`` gives inf/NaN.
@@ -334,8 +321,8 @@ def _kron_solve(a, k_inv, ok, b, discrete):
 
     One step of refinement on the residual follows: a solve through an explicit
     inverse can leave a residual ``cond(K)`` times larger than an LU solve does, and
-    one step brings it down to that level (measured: forward errors then match or beat
-    scipy's Bartels–Stewart on stiff, nearly marginal and non-normal cases).
+    one step brings it down to that level (forward errors then match or beat scipy's
+    Bartels–Stewart on stiff, nearly marginal and non-normal cases).
     """
     n = b.shape[-1]
 
@@ -393,7 +380,7 @@ def _sign_step(ak, dist):
 def _sign_c_step(c, inv, mu):
     """The ``C`` block's step: ``(μ C + A⁻¹ C A⁻ᵀ/μ)/2``."""
     mu = mu[..., None, None]
-    return 0.5 * (mu * c + inv @ c @ _mT(inv) / mu)
+    return 0.5 * (mu * c + inv @ c @ mT(inv) / mu)
 
 
 def _sign_iteration(a, q):
@@ -499,7 +486,7 @@ def _sign_replay(factors, q, transpose: bool):
         inv = lax.dynamic_index_in_dim(inverses, k, axis=inverses.ndim - 3, keepdims=False)
         mu = lax.dynamic_index_in_dim(scales, k, axis=scales.ndim - 1, keepdims=False)
         on = lax.dynamic_index_in_dim(live, k, axis=live.ndim - 1, keepdims=False)
-        c_new = _sign_c_step(c, _mT(inv) if transpose else inv, mu)
+        c_new = _sign_c_step(c, mT(inv) if transpose else inv, mu)
         return jnp.where(on[..., None, None], c_new, c)
 
     c = lax.fori_loop(0, jnp.max(steps, initial=0), body, -q)
@@ -518,7 +505,7 @@ def _smith_iteration(a, q):
     eps = jnp.finfo(a.dtype).eps
 
     def tail(ak):
-        return _norm1(ak) * _norm1(_mT(ak))
+        return _norm1(ak) * _norm1(mT(ak))
 
     def cond(state):
         k, _, _, done = state
@@ -526,7 +513,7 @@ def _smith_iteration(a, q):
 
     def body(state):
         k, ak, xk, done = state
-        x_new = xk + ak @ xk @ _mT(ak)
+        x_new = xk + ak @ xk @ mT(ak)
         a_new = ak @ ak
         t = tail(a_new)
         stop = (t <= eps) | ~jnp.isfinite(t)
@@ -550,9 +537,9 @@ def _refine_and_fall_back(a, q, iteration, discrete):
     n = a.shape[-1]
     tol = n * jnp.finfo(a.dtype).eps
     if discrete:
-        op_norm = 1.0 + _norm1(a) * _norm1(_mT(a))
+        op_norm = 1.0 + _norm1(a) * _norm1(mT(a))
     else:
-        op_norm = _norm1(a) + _norm1(_mT(a))
+        op_norm = _norm1(a) + _norm1(mT(a))
     q_norm = _norm1(q)
 
     def residual(x):
