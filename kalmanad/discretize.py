@@ -205,6 +205,17 @@ def _theta(dtype) -> float:
     return 2.0 if jnp.finfo(dtype).eps < 1e-10 else 1.0
 
 
+def longest_van_loan_step(drift_norm: float, dtype) -> float:
+    """The longest step Δ the Van Loan routes cover for a drift of norm ``drift_norm``.
+
+    A step is covered when it is at most ``TABLE_BASE ** TABLE_DIGITS`` base lengths
+    θ/σ, with σ ≥ ‖A‖ the next power of two (the base evaluator's scaling); longer
+    steps of a stiff drift overflow there.
+    """
+    sigma = 2.0 ** np.ceil(np.log2(max(float(drift_norm), np.finfo(np.float64).tiny)))
+    return float(TABLE_BASE**TABLE_DIGITS * _theta(dtype) / sigma)
+
+
 def _series_degree(dtype) -> int:
     # At σh ≤ θ the series terms are bounded by (2θ)^j / j! (‖L‖ ≤ 2‖A‖ for the Qd series):
     # below 1e-17 from j = 33 for θ = 2 (double); below 3e-9 from j = 17 for θ = 1 (single).

@@ -27,15 +27,13 @@ import numpy as np
 
 from kalmanad._validation import value_errors_raise
 from kalmanad.discretize import (
-    _TABLE_BASE,
-    _TABLE_DIGITS,
     StepGrid,
     _check_finite,
-    _theta,
     check_times,
     default_grid,
     discretize_model,
     discretize_step,
+    longest_van_loan_step,
     step_grid_rows,
 )
 from kalmanad.filter import (
@@ -457,9 +455,7 @@ def _check_discretization(model, times, _data, inputs, grid, *, discretization, 
         )
     if discretization == "stationary":
         raise ValueError(f"{what}; rescale time (measure it in larger units)")
-    # The Van Loan routes cover steps up to B^D base lengths θ/σ (see kalmanad.discretize).
-    sigma = 2.0 ** np.ceil(np.log2(norm))
-    longest = _TABLE_BASE**_TABLE_DIGITS * _theta(model.dtype) / sigma
+    longest = longest_van_loan_step(norm, model.dtype)
     raise ValueError(
         f"{what}, beyond the longest step the Van Loan routes cover for this drift "
         f"(Δ ≈ {longest:.4g}). The drift is stable (stiff): pass "
