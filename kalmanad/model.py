@@ -25,8 +25,7 @@ symmetry, positive semi-definiteness, stability of a stationary start) only when
 arrays are concrete, never on traced values, so a model built inside a sampler never
 raises. Inside a NumPyro model run the concrete checks are left out too (NumPyro runs
 models eagerly, e.g. at initialisation, and must see ``-inf`` there, not an
-exception), unless NumPyro's argument validation is on; see
-:func:`kalmanad._validation.value_errors_raise`. :meth:`LinearSDE.is_valid` is the
+exception); see :func:`kalmanad._validation.value_errors_raise`. :meth:`LinearSDE.is_valid` is the
 traceable test the filters use to map invalid parameters to a ``-inf`` log-likelihood;
 :meth:`LinearSDE.check_values` raises on them.
 """
@@ -177,8 +176,7 @@ class LinearSDE:
         ValueError: a field of the wrong shape (the message names it and the shapes);
             with concrete arrays also a NaN/inf entry, a non-symmetric or indefinite
             covariance, or a stationary start with an unstable drift (these value
-            errors are left to the log-density, ``-inf``, while a NumPyro model runs
-            without argument validation).
+            errors are left to the log-density, ``-inf``, while a NumPyro model runs).
 
     All fields are promoted to one common floating dtype (integers to JAX's default
     float). The model is immutable; :meth:`replace` returns a validated copy.
@@ -403,8 +401,9 @@ class LinearSDE:
             return self
         if any(_concrete(v) is None for v in self._arrays if v is not None):
             return self
+        arrays = jax.tree.map(np.asarray, self)  # one device-to-host copy per field
         for index in np.ndindex(*batch):
-            one = jax.tree.map(lambda x, i=index: np.asarray(x)[i], self)
+            one = jax.tree.map(lambda x, i=index: x[i], arrays)
             try:
                 one._check_one()
             except ValueError as err:

@@ -216,6 +216,21 @@ def _guarded(model: LinearSDE, ok) -> LinearSDE:
     return jax.tree.unflatten(treedef, out)
 
 
+def _guard_invalid(model: LinearSDE):
+    """``(model, ok)``: the per-subject validity flags, and a traced model with a
+    harmless stand-in where they are False (:func:`_guarded`).
+
+    Double-where: the callers compute on the stand-in where the parameters are invalid,
+    so that no NaN reaches the gradient through the discarded branch, and replace the
+    result there (-inf, NaN). A concrete model is returned as it is, so that the
+    uncompiled run's checks name a bad value.
+    """
+    ok = _validity(model, model_batch_shape(model))
+    if not _is_concrete(model):
+        model = _guarded(model, ok)
+    return model, ok
+
+
 def _check_y(y, T: int, m: int):
     y = jnp.asarray(y)
     if y.ndim < 2 or y.shape[-2:] != (T, m):
@@ -288,12 +303,7 @@ def kalman_filter(
 
 
 def _kalman_filter(model, times, y, inputs, grid, *, method, discretization, checkpoint):
-    ok = _validity(model, model_batch_shape(model))
-    if not _is_concrete(model):
-        # Double-where: run the filter on a harmless stand-in model where the
-        # parameters are invalid, so that no NaN reaches the gradient through the
-        # discarded branch; the result there is replaced by -inf below.
-        model = _guarded(model, ok)
+    model, ok = _guard_invalid(model)
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     y = _check_y(y, np.shape(times)[-1], model.n_obs)
     ssm, y, batch = _align(ssm, y, batch)
@@ -494,9 +504,7 @@ def simulate(
 
 
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
-    ok = _validity(model, model_batch_shape(model))
-    if not _is_concrete(model):
-        model = _guarded(model, ok)  # as in _kalman_filter; the draws there become NaN
+    model, ok = _guard_invalid(model)  # the draws become NaN where not ok
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
