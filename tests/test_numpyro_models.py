@@ -273,7 +273,7 @@ def test_initialisation_never_crashes(name):
     """NumPyro's default start (init_to_uniform) for 50 keys.
 
     The eager run of the model that NumPyro's initialisation begins with (where invalid
-    concrete values used to raise) never raises; its log-density is -inf exactly for
+    concrete values would otherwise raise) never raises; its log-density is -inf exactly for
     the subjects whose start is invalid; and NumPyro moves on from an invalid start.
     """
     model, make_data = MODELS[name]

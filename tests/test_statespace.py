@@ -516,7 +516,7 @@ def _stiff_model(rate=3000.0):
 def test_stiff_drift_over_long_gaps_is_a_named_error_suggesting_stationary():
     """‖A‖Δ = 9e6: the Van Loan routes overflow. The filter, smoother and simulation
     name the step, ‖A‖Δ and the remedy, not an internal DiscreteSSM entry; simulate
-    no longer returns NaN silently."""
+    raises too, rather than returning NaN."""
     model = _stiff_model()
     t = np.arange(5) * 3000.0
     y = np.random.default_rng(0).standard_normal((5, 2))
