@@ -48,7 +48,21 @@ def test_models_lists_the_zoo():
 def test_describe_names_parameters_and_priors():
     res = run_cli("describe", "sho")
     assert res.returncode == 0, res.stderr
-    assert "sho" in res.stdout.lower()
+    out = res.stdout
+    # Every parameter with its prior, in the spec's order, and the model's states and data.
+    lines = {line.split("~")[0].strip(): line for line in out.splitlines() if "~" in line}
+    expected = {
+        "omega": "LogNormal(0, 1)",
+        "quality": "LogNormal(0, 1)",
+        "sigma": "HalfNormal(100)",
+        "mu": "Normal(50, 50)",
+        "noise": "HalfNormal(20)",
+    }
+    for name, prior in expected.items():
+        assert name in lines and prior in lines[name], (name, out)
+    order = [line.split("~")[0].strip() for line in out.splitlines() if "~" in line]
+    assert [name for name in order if name in expected] == list(expected), out
+    assert "x, v" in out and "sunactivity" in out and "stationary" in out, out
 
 
 def test_unknown_model_is_a_one_line_error():
