@@ -18,20 +18,21 @@ three initialisations (a static choice, stored as pytree aux data):
 * ``"diffuse"`` (explicitly requested): an uninformative start. See
   :func:`kalmanad.discretize.initial_moments` for the representation the filters get.
 
-The model is a JAX pytree: every array field is a leaf (``None`` fields stay ``None``),
-so it passes through ``jit``, ``vmap`` and ``grad``. Validation happens in the
-constructor only: shape checks always (they are static), value checks (NaN,
-symmetry, positive semi-definiteness, stability of a stationary start) only when the
-arrays are concrete, never on traced values, so a model built inside a sampler never
-raises. Inside a NumPyro model run the concrete checks are left out too (NumPyro runs
-models eagerly, e.g. at initialisation, and must see ``-inf`` there, not an
-exception); see :func:`kalmanad._validation.value_errors_raise`. :meth:`LinearSDE.is_valid` is the
-traceable test the filters use to map invalid parameters to a ``-inf`` log-likelihood;
-:meth:`LinearSDE.check_values` raises on them.
+The model is a dataclass registered as a JAX pytree: every array field is a leaf
+(``None`` fields stay ``None``), so it passes through ``jit``, ``vmap`` and ``grad``.
+Validation happens in the constructor only: shape checks always (they are static), value
+checks (NaN, symmetry, positive semi-definiteness, stability of a stationary start) only
+when the arrays are concrete, never on traced values, so a model built inside a sampler
+never raises. Inside a NumPyro model run the concrete checks are left out too (NumPyro
+runs models eagerly, e.g. at initialisation, and must see ``-inf`` there, not an
+exception); see :func:`kalmanad._validation.value_errors_raise`.
+:meth:`LinearSDE.is_valid` is the traceable test the filters use to map invalid
+parameters to a ``-inf`` log-likelihood; :meth:`LinearSDE.check_values` raises on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -143,6 +144,7 @@ def _sym_psd_ok(x: jax.Array) -> jax.Array:
 
 
 @jax.tree_util.register_pytree_with_keys_class
+@dataclasses.dataclass(init=False, eq=False, repr=False)
 class LinearSDE:
     """A continuous-time linear SDE observed with Gaussian noise (a JAX pytree).
 
@@ -188,8 +190,6 @@ class LinearSDE:
         model.initial_state            # 'stationary'
     """
 
-    __slots__ = ("_arrays", "diffuse_scale", "initial_state")
-
     drift: jax.Array
     diffusion: jax.Array
     observation: jax.Array
@@ -201,6 +201,8 @@ class LinearSDE:
     impulse_effect: jax.Array
     initial_mean: jax.Array | None
     initial_cov: jax.Array | None
+    initial_state: str = dataclasses.field(default="stationary", metadata={"static": True})
+    diffuse_scale: float = dataclasses.field(default=1e6, metadata={"static": True})
 
     def __init__(
         self,
@@ -264,17 +266,18 @@ class LinearSDE:
         if arrays["initial_mean"] is None and initial_state != "stationary":
             arrays["initial_mean"] = jnp.zeros((n,), dtype)
 
-        object.__setattr__(self, "_arrays", tuple(arrays[k] for k in _FIELDS))
+        for k in _FIELDS:
+            object.__setattr__(self, k, arrays[k])
         object.__setattr__(self, "initial_state", initial_state)
         object.__setattr__(self, "diffuse_scale", diffuse_scale)
         if value_errors_raise():
             self.check_values()
 
-    # -- pytree protocol -------------------------------------------------------------
+    # -- pytree protocol: the array fields are the children, the two static fields the
+    # aux data. Unflattening bypasses ``__init__``: JAX rebuilds pytrees with tracers,
+    # batching sentinels or None leaves, which must pass through unvalidated.
     def tree_flatten_with_keys(self):
-        children = tuple(
-            (jax.tree_util.GetAttrKey(k), v) for k, v in zip(_FIELDS, self._arrays, strict=True)
-        )
+        children = tuple((jax.tree_util.GetAttrKey(k), getattr(self, k)) for k in _FIELDS)
         return children, (self.initial_state, self.diffuse_scale)
 
     def tree_flatten(self):
@@ -282,23 +285,23 @@ class LinearSDE:
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        # No validation here: JAX rebuilds pytrees with tracers, batching sentinels or
-        # None leaves, which must pass through untouched.
         obj = object.__new__(cls)
-        object.__setattr__(obj, "_arrays", tuple(children))
+        for k, v in zip(_FIELDS, children, strict=True):
+            object.__setattr__(obj, k, v)
         object.__setattr__(obj, "initial_state", aux[0])
         object.__setattr__(obj, "diffuse_scale", aux[1])
         return obj
 
-    # -- attribute access --------------------------------------------------------------
-    def __getattr__(self, name):
-        try:
-            return object.__getattribute__(self, "_arrays")[_FIELDS.index(name)]
-        except ValueError:
-            raise AttributeError(f"LinearSDE has no attribute {name!r}") from None
-
     def __setattr__(self, name, value):
         raise AttributeError("LinearSDE is immutable; use model.replace(...)")
+
+    def __delattr__(self, name):
+        raise AttributeError("LinearSDE is immutable; use model.replace(...)")
+
+    @property
+    def _arrays(self) -> tuple:
+        """The array fields in ``_FIELDS`` order."""
+        return tuple(getattr(self, k) for k in _FIELDS)
 
     def __repr__(self) -> str:
         def show(v):
