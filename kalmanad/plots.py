@@ -334,62 +334,9 @@ def plot_posterior_predictive(
             axes = grid[0]
     for i in range(m):
         a = axes[min(i, len(axes) - 1)]
-        ok = np.isfinite(y[:, i])
         label = names[i] if names is not None and i < len(names) else f"y[{i}]"
-        if kind == "series":
-            lo, hi = np.nanquantile(draws[:, :, i], [(1 - level) / 2, (1 + level) / 2], axis=0)
-            inside = np.mean((y[ok, i] >= lo[ok]) & (y[ok, i] <= hi[ok])) if ok.any() else np.nan
-            a.fill_between(
-                times,
-                lo,
-                hi,
-                color="C0",
-                alpha=0.25,
-                lw=0,
-                label=f"{int(level * 100)}% of replicates",
-            )
-            for j, d in enumerate(lines):
-                a.plot(
-                    times,
-                    draws[d, :, i],
-                    color="C0",
-                    lw=0.7,
-                    alpha=0.6,
-                    label="replicates" if j == 0 else None,
-                )
-            a.plot(
-                times[ok],
-                y[ok, i],
-                "o",
-                ms=3,
-                color="k",
-                label=f"data ({inside:.0%} inside the band)",
-            )
-            a.set_ylabel(label)
-        else:
-            from scipy.stats import gaussian_kde
-
-            obs = y[ok, i]
-            rep = draws[:, ok, i]
-            finite = rep[np.isfinite(rep)]
-            lo, hi = np.quantile(np.concatenate([obs, finite]), [0.001, 0.999])
-            pad = 0.1 * (hi - lo or 1.0)
-            grid = np.linspace(lo - pad, hi + pad, 200)
-            for j, d in enumerate(lines):
-                r = rep[d][np.isfinite(rep[d])]
-                if r.size > 1 and np.ptp(r) > 0:
-                    a.plot(
-                        grid,
-                        gaussian_kde(r)(grid),
-                        color="C0",
-                        lw=0.6,
-                        alpha=0.4,
-                        label="replicates" if j == 0 else None,
-                    )
-            if obs.size > 1 and np.ptp(obs) > 0:
-                a.plot(grid, gaussian_kde(obs)(grid), color="k", lw=2.0, label="data")
-            a.set_xlabel(label)
-            a.set_ylabel("density")
+        panel = _ppc_series_panel if kind == "series" else _ppc_density_panel
+        panel(a, times, y[:, i], draws[:, :, i], lines, level, label)
     if kind == "series":
         # Above the panel: a legend inside would hide data.
         axes[0].legend(
@@ -402,3 +349,39 @@ def plot_posterior_predictive(
         (fig.suptitle if kind == "series" or m > 1 else axes[0].set_title)(title)
     fig.tight_layout()
     return fig
+
+
+def _ppc_series_panel(a, times, y, draws, lines, level, label):
+    """One channel of the ``"series"`` check: y (T,), draws (D, T)."""
+    ok = np.isfinite(y)
+    lo, hi = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    inside = np.mean((y[ok] >= lo[ok]) & (y[ok] <= hi[ok])) if ok.any() else np.nan
+    band = f"{int(level * 100)}% of replicates"
+    a.fill_between(times, lo, hi, color="C0", alpha=0.25, lw=0, label=band)
+    for j, d in enumerate(lines):
+        label_j = "replicates" if j == 0 else None
+        a.plot(times, draws[d], color="C0", lw=0.7, alpha=0.6, label=label_j)
+    a.plot(times[ok], y[ok], "o", ms=3, color="k", label=f"data ({inside:.0%} inside the band)")
+    a.set_ylabel(label)
+
+
+def _ppc_density_panel(a, times, y, draws, lines, level, label):
+    """One channel of the ``"density"`` check: y (T,), draws (D, T)."""
+    from scipy.stats import gaussian_kde
+
+    ok = np.isfinite(y)
+    obs = y[ok]
+    rep = draws[:, ok]
+    finite = rep[np.isfinite(rep)]
+    lo, hi = np.quantile(np.concatenate([obs, finite]), [0.001, 0.999])
+    pad = 0.1 * (hi - lo or 1.0)
+    grid = np.linspace(lo - pad, hi + pad, 200)
+    for j, d in enumerate(lines):
+        r = rep[d][np.isfinite(rep[d])]
+        if r.size > 1 and np.ptp(r) > 0:
+            label_j = "replicates" if j == 0 else None
+            a.plot(grid, gaussian_kde(r)(grid), color="C0", lw=0.6, alpha=0.4, label=label_j)
+    if obs.size > 1 and np.ptp(obs) > 0:
+        a.plot(grid, gaussian_kde(obs)(grid), color="k", lw=2.0, label="data")
+    a.set_xlabel(label)
+    a.set_ylabel("density")

@@ -57,6 +57,42 @@ def _pad_rows(x, pad: int, fill=None):
     return jnp.concatenate([x, tail.astype(x.dtype)], axis=0)
 
 
+def _check_panel(model, times, y, inputs, mesh, axis):
+    """Validate :func:`sharded_log_likelihood`'s arguments; returns times (S, T) as
+    numpy, y and inputs as arrays and the model's batch shape."""
+    if not isinstance(model, LinearSDE):
+        raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
+    if axis not in mesh.shape:
+        raise ValueError(f"mesh has no axis {axis!r} (its axes: {tuple(mesh.shape)})")
+    y = jnp.asarray(y)
+    if y.ndim != 3:
+        raise ValueError(f"y must have shape (S, T, m) (subjects, times, manifest), got {y.shape}")
+    S, T, _ = y.shape
+    if isinstance(times, jax.core.Tracer):
+        raise ValueError(
+            "sharded_log_likelihood needs concrete times (numpy), not traced ones: the "
+            "distinct step sizes are found on the host"
+        )
+    times = np.asarray(times, dtype=np.float64)
+    if times.ndim == 1:
+        times = np.broadcast_to(times, (S, times.shape[0]))
+    if times.shape != (S, T):
+        raise ValueError(f"times must have shape (S, T) = ({S}, {T}) or (T,), got {times.shape}")
+    if inputs is not None:
+        inputs = jnp.asarray(inputs)
+        if inputs.ndim != 3 or inputs.shape[:2] != (S, T):
+            raise ValueError(
+                f"inputs must have shape (S, T, p) = ({S}, {T}, p), got {inputs.shape}"
+            )
+    mbatch = model_batch_shape(model)
+    if mbatch not in ((), (S,)):
+        raise ValueError(
+            f"the model's batch shape must be () (shared) or (S,) = ({S},) (one per "
+            f"subject), got {mbatch}"
+        )
+    return times, y, inputs, mbatch
+
+
 def sharded_log_likelihood(
     model: LinearSDE,
     times,
@@ -96,36 +132,8 @@ def sharded_log_likelihood(
         ValueError: on shapes that do not form a panel, traced times, an unknown mesh
             axis, or a model batch other than () or (S,).
     """
-    if not isinstance(model, LinearSDE):
-        raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
-    if axis not in mesh.shape:
-        raise ValueError(f"mesh has no axis {axis!r} (its axes: {tuple(mesh.shape)})")
-    y = jnp.asarray(y)
-    if y.ndim != 3:
-        raise ValueError(f"y must have shape (S, T, m) (subjects, times, manifest), got {y.shape}")
-    S, T, _ = y.shape
-    if isinstance(times, jax.core.Tracer):
-        raise ValueError(
-            "sharded_log_likelihood needs concrete times (numpy), not traced ones: the "
-            "distinct step sizes are found on the host"
-        )
-    times = np.asarray(times, dtype=np.float64)
-    if times.ndim == 1:
-        times = np.broadcast_to(times, (S, times.shape[0]))
-    if times.shape != (S, T):
-        raise ValueError(f"times must have shape (S, T) = ({S}, {T}) or (T,), got {times.shape}")
-    if inputs is not None:
-        inputs = jnp.asarray(inputs)
-        if inputs.ndim != 3 or inputs.shape[:2] != (S, T):
-            raise ValueError(
-                f"inputs must have shape (S, T, p) = ({S}, {T}, p), got {inputs.shape}"
-            )
-    mbatch = model_batch_shape(model)
-    if mbatch not in ((), (S,)):
-        raise ValueError(
-            f"the model's batch shape must be () (shared) or (S,) = ({S},) (one per "
-            f"subject), got {mbatch}"
-        )
+    times, y, inputs, mbatch = _check_panel(model, times, y, inputs, mesh, axis)
+    S = y.shape[0]
     # A shared model discretises the distinct steps of the whole panel once; one model
     # per subject only those of its own row (sharded with the subjects).
     # (both validate the times: finite, non-decreasing, naming the bad entry)
