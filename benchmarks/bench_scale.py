@@ -1,7 +1,7 @@
 """Scale: a 1000-subject panel, long series, gradient memory, float32, sharding (issue 6).
 
     python benchmarks/bench_scale.py            # everything, T up to 10⁶, NUTS 500 + 500
-    python benchmarks/bench_scale.py --quick    # CI size: T up to 10⁴, NUTS 20 + 20
+    python benchmarks/bench_scale.py --quick    # CI size: T up to 10⁴, NUTS 10 + 10
     python benchmarks/bench_scale.py --parts panel sharded   # a subset
 
 The panel is a fixed-effects continuous-time VAR with 3 latent processes, each observed
@@ -85,8 +85,8 @@ def _parse():
         "--peer-subjects",
         type=int,
         default=None,
-        help="subjects of the sub-panel on which the dynestyx peer is timed (default 20: at "
-        "100 the peer's batched expm hung in jaxlib's LAPACK ParallelBatchMap on 2 cores)",
+        help="subjects of the sub-panel on which the dynestyx peer is timed (default 20: larger "
+        "batches of the peer's expm can stall jaxlib's LAPACK ParallelBatchMap on 2 cores)",
     )
     p.add_argument("--num-warmup", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=None)
@@ -102,8 +102,8 @@ def _parse():
         default="dense",
         choices=["dense", "diag"],
         help="NUTS mass matrix (dense: the 18 parameters' posterior correlations, between "
-        "drift entries above all, are adapted too; a 100-subject trial took 7.0 leapfrog "
-        "steps a draw and min ESS 518 against 12.9 and 234 with diag)",
+        "drift entries above all, are adapted too, which takes fewer leapfrog steps a draw "
+        "and gives a larger min ESS than diag on this panel)",
     )
     p.add_argument(
         "--init",
@@ -111,8 +111,8 @@ def _parse():
         choices=["median", "map"],
         help="NUTS start, as fit_nuts(init=...): a Laplace draw around kalmanad.fit_map's mode "
         "with its Laplace covariance as the initial inverse mass matrix (the MAP is timed "
-        "with the run), or the prior median (init_to_median), whose early warm-up took over "
-        "26 minutes on one simulated panel",
+        "with the run), or the prior median (init_to_median), whose early warm-up can be "
+        "very long on this panel",
     )
     p.add_argument("--devices", type=int, default=4, help="host devices of the sharded part")
     p.add_argument("--repeats", type=int, default=None)
