@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts (design.md §6): machine information, timing,
+"""Shared helpers of the benchmark scripts: machine information, timing,
 comparison, tables and result files, and the SHO / OU models several benchmarks use.
 
 Protocol the helpers implement: every contender is compiled (``jit``) and warmed up

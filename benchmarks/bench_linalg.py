@@ -1,4 +1,4 @@
-"""Benchmark of kalmanad.linalg's gradient rules against JAX's native AD (design.md §6).
+"""Benchmark of kalmanad.linalg's gradient rules against JAX's native AD.
 
     python benchmarks/bench_linalg.py            # full: n ∈ {2,4,8,16,32} × batch ∈ {1,512}
     python benchmarks/bench_linalg.py --quick    # (n, batch) ∈ {(4,1), (4,512), (16,1)}:
@@ -36,7 +36,7 @@ standard normal. Before timing, each pair's values and gradients are compared an
 largest relative difference is recorded.
 
 Timings are CPU unless ``--platform`` says otherwise; CPU numbers are meaningful as
-ratios measured in the same process (design.md §6). Contenders of one case are timed
+ratios measured in the same process. Contenders of one case are timed
 interleaved (one sample of each in turn), so background load affects them alike.
 Output: a table on stdout and JSON in ``benchmarks/results/`` (``bench_linalg.json``, or
 ``bench_linalg_quick.json`` with ``--quick``), with machine information.

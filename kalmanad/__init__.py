@@ -6,7 +6,7 @@ global configuration; enable double precision yourself before creating arrays::
     import jax
     jax.config.update("jax_enable_x64", True)
 
-The public API (design.md §3): :class:`LinearSDE`, :func:`discretize`,
+The public API: :class:`LinearSDE`, :func:`discretize`,
 :func:`kalman_filter`, :func:`log_likelihood`, :func:`rts_smoother`, :func:`simulate`,
 :func:`forecast`, the NumPyro distribution in :mod:`kalmanad.distributions`, the model
 zoo (:func:`load_model`, :func:`list_models`), inference (:func:`fit_nuts`,

@@ -1,6 +1,6 @@
 """End-to-end references for the continuous-time front end (model → discretise → filter).
 
-References (design.md §5): statsmodels' Kalman filter (Nile local level, a VAR(1) with
+References: statsmodels' Kalman filter (Nile local level, a VAR(1) with
 measurement error), tinygp's quasiseparable GPs on irregular times (Exp, Matern32,
 Matern52, SHO, CARMA), and a dense Gaussian built independently with scipy.
 """
