@@ -163,10 +163,24 @@ def _declare(m: _Model) -> None:
                 raise st.error("the initial state is given twice", st.span)
             m.initial, m.diffuse_scale = st.name, st.value
     _check_names(m)
+    # Noise columns in natural order (dW, dW1, dW2, ..., dW10): dWj is column j of G.
+    noises = {
+        sub.id
+        for st in m.statements
+        if st.kind == "state"
+        for sub in ast.walk(st.rhs)
+        if isinstance(sub, ast.Name) and NOISE.match(sub.id)
+    }
+    m.noises = sorted(noises, key=_natural)
+
+
+def _natural(name: str) -> tuple:
+    match = re.match(r"^(.*?)(\d*)$", name)
+    return (match.group(1), int(match.group(2)) if match.group(2) else -1, name)
 
 
 _WHAT = {
-    "state": "equation d(...)",
+    "state": "equation d(...) = ...",
     "indicator": "measurement equation",
     "cov": "(co)variance",
     "prior": "prior",
@@ -277,8 +291,6 @@ def _compile_state(m: _Model, st: Statement) -> None:
         elif t.kind == "impulse":
             _cell(m, ("impulse_effect", i, m.inputs.index(t.var)), st, t)
         else:
-            if t.var not in m.noises:
-                m.noises.append(t.var)
             j = m.noises.index(t.var)
             _cell(m, ("diffusion_sd", i, j), st, t, scale=i == j)
 
@@ -308,9 +320,20 @@ def _compile_indicator(m: _Model, st: Statement) -> None:
                 f"{suggest(bare, m.states)}",
                 st.rhs_span,
             )
+        from kalmanad.spec.expressions import FUNCTIONS
+
+        names = [
+            sub.id
+            for sub in ast.walk(st.rhs)
+            if isinstance(sub, ast.Name) and sub.id not in _named(m) and sub.id not in FUNCTIONS
+        ]
+        hint = "".join(
+            f"; {x!r} is not a state: it has no equation d({x}) = ...{suggest(x, m.states)}"
+            for x in names[-1:]
+        )
         raise st.error(
             f"indicator {st.name!r} has no loading on a state: write e.g. "
-            f"{st.name} ~ l*{m.states[0]} (+ intercept)",
+            f"{st.name} ~ l*{m.states[0]} (+ intercept){hint}",
             st.rhs_span,
         )
 
@@ -338,13 +361,18 @@ def _compile_cov(m: _Model, st: Statement) -> None:
         ("noise", m.indicators, "indicator"),
         ("initial_cov", m.states, "initial state"),
     )
-    key, names, what = groups[2] if st.initial else (groups[0] if a in m.states else groups[1])
+    key, names, _ = groups[2] if st.initial else (groups[0] if a in m.states else groups[1])
     for x, span in ((a, st.name_span), (b, st.other_span)):
-        if x not in names:
+        if st.initial and x not in names:
+            raise st.error(
+                f"{x!r} is not a state: it has no equation d({x}) = ...{suggest(x, m.states)}",
+                span,
+            )
+        if x not in m.states and x not in m.indicators:
             known = [*m.states, *m.indicators]
             raise st.error(
-                f"{x!r} is not a {what}: it has no equation d({x}) = ... and no "
-                f"measurement {x} ~ ...{suggest(x, known)}",
+                f"{x!r} is neither a state nor an indicator: it has no equation "
+                f"d({x}) = ... and no measurement {x} ~ ...{suggest(x, known)}",
                 span,
             )
     if (a in m.states) != (b in m.states) and not st.initial:
@@ -547,6 +575,12 @@ def _generated_names(m: _Model) -> list[str]:
 
 # --------------------------------------------------------------------- spec errors
 
+# The spec's advice in TOML terms, and the same advice in equations.
+_ADVICE = {
+    "set [initial] state = 'diffuse' (or a known start with mean and sd)": (
+        "write 'initial diffuse' (or a known start: x(0) = mean and x(0) ~~ v*x(0))"
+    ),
+}
 _WHERE = re.compile(r"^(\[\w+\] \w+)((?:\[\d+\])*)")
 
 
@@ -561,5 +595,8 @@ def _located(e: SpecError, origins: Mapping[str, tuple], source: str) -> SpecErr
         )
         if found is not None:
             st, t = found
-            return st.error(f"{e.problem} (in {where})", t.span)
+            problem = e.problem
+            for toml, equations in _ADVICE.items():
+                problem = problem.replace(toml, equations)
+            return st.error(f"{problem} (in {where})", t.span)
     return SpecError(e.problem, source=source, where=where or None)

@@ -9,14 +9,13 @@ text gives the same matrices again. A matrix made by a builder (``companion``,
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Mapping
 
 from kalmanad.spec.cells import Cells
 
 __all__ = ["describe", "model_equations"]
-
-_ATOM = re.compile(r"^(?:[^\W\d]\w*|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)$")
 
 
 def _number(v: float) -> str:
@@ -33,10 +32,19 @@ def _cell(cells: Cells, pos) -> str | None:
     return None if v == 0 else _number(v)
 
 
+def _compact(t: str) -> str:
+    """Expression text with powers as ^ and no spaces around * and ^."""
+    return t.replace("**", "^").replace(" * ", "*").replace(" ^ ", "^")
+
+
 def _factor(t: str) -> str:
-    """``t`` ready to multiply: parenthesised unless it is a (signed) atom."""
-    bare = t[1:] if t.startswith("-") else t
-    return t if _ATOM.match(bare.strip()) else f"({t})"
+    """``t`` ready to stand in a sum or multiply a variable: parenthesised when it is a
+    sum or difference itself."""
+    t = _compact(t)
+    tree = ast.parse(t.replace("^", "**"), mode="eval").body
+    return (
+        f"({t})" if isinstance(tree, ast.BinOp) and isinstance(tree.op, (ast.Add, ast.Sub)) else t
+    )
 
 
 def _term(coef: str, var: str | None) -> str:
@@ -191,7 +199,7 @@ def _initial_lines(spec) -> list[str]:
 def _parameter_lines(spec) -> list[str]:
     lines = [f"{x} ~ {p.text}" for x, p in spec._priors.items()]
     lines += [f"{x} = {_number(v)}" for x, v in spec.constants.items()]
-    lines += [f"{x} = {e.text.replace('**', '^')}" for x, e in spec.derived.items()]
+    lines += [f"{x} = {_compact(e.text)}" for x, e in spec.derived.items()]
     lines += [f"start {x} = {_number(v)}" for x, v in spec.starts.items()]
     covs = spec.covariates.effects if spec.covariates else {}
     re_params = spec.random_effects.parameters if spec.random_effects else ()
