@@ -59,7 +59,8 @@ class _Model:
         self.priors: dict[str, tuple[str, Statement]] = {}
         self.starts: dict[str, tuple[float, Statement]] = {}
         self.used: dict[str, Statement] = {}  # parameter -> first use (in order)
-        self.scale: set = set()  # parameters in a standard deviation or variance cell
+        self.scale: set = set()  # parameters in a diagonal sd or variance cell
+        self.offdiag: set = set()  # ... and in an off-diagonal one (a covariance)
         self.cells: dict[tuple, tuple[ast.AST, Statement, Term]] = {}
         self.noises: list[str] = []
         self.initial: str | None = None
@@ -406,7 +407,7 @@ def _compile_initial_mean(m: _Model, st: Statement) -> None:
 
 def _compile_derived(m: _Model, st: Statement) -> None:
     _check_coefficient(m, st, st.rhs)
-    _use(m, st, st.rhs, scale=False)
+    _use(m, st, st.rhs, scale=None)
 
 
 def _compile_varying(m: _Model, st: Statement) -> None:
@@ -472,8 +473,12 @@ def _similar(name: str, candidates) -> bool:
     return bool(difflib.get_close_matches(name, candidates, n=1, cutoff=0.75))
 
 
-def _cell(m: _Model, pos: tuple, st: Statement, t: Term, *, scale: bool = False) -> None:
-    """Add a term's coefficient to a cell (terms on one variable add up)."""
+def _cell(m: _Model, pos: tuple, st: Statement, t: Term, *, scale: bool | None = None) -> None:
+    """Add a term's coefficient to a cell (terms on one variable add up).
+
+    ``scale``: True for a diagonal cell of a noise loading or covariance, False for an
+    off-diagonal one, None for other matrices (it picks default priors).
+    """
     if pos in m.cells:
         old, first, _ = m.cells[pos]
         if first is not st:
@@ -496,7 +501,7 @@ def _cell_name(m: _Model, pos: tuple) -> str:
     return f"this {key.replace('_', ' ')} term"
 
 
-def _use(m: _Model, st: Statement, node, *, scale: bool) -> None:
+def _use(m: _Model, st: Statement, node, *, scale: bool | None) -> None:
     """Record the parameters a coefficient uses (and whether it is a scale)."""
     from kalmanad.spec.expressions import CONSTANTS, FUNCTIONS
 
@@ -505,8 +510,8 @@ def _use(m: _Model, st: Statement, node, *, scale: bool) -> None:
             if sub.id in m.states or sub.id in m.inputs:
                 continue
             m.used.setdefault(sub.id, st)
-            if scale:
-                m.scale.add(sub.id)
+            if scale is not None:
+                (m.scale if scale else m.offdiag).add(sub.id)
 
 
 # -------------------------------------------------------------------------- checks

@@ -16,14 +16,14 @@ __all__ = ["DEFAULT_PRIOR", "DEFAULT_SCALE_PRIOR", "sections"]
 
 #: The prior of a parameter without a prior statement...
 DEFAULT_PRIOR = "Normal(0, 1)"
-#: ... and of one in a standard deviation or variance cell (the diagonal of the noise
-#: loadings, a variance).
+#: ... and of one in a standard deviation or variance (a diagonal cell of the noise
+#: loadings or of a covariance) and in no covariance (an off-diagonal cell).
 DEFAULT_SCALE_PRIOR = "HalfNormal(1)"
 
 
 def _text(node) -> str:
     """A coefficient's expression text, with powers written ^."""
-    return ast.unparse(node).replace("**", "^")
+    return ast.unparse(node).replace(" ** ", "^").replace(" * ", "*")
 
 
 def sections(m) -> tuple[dict, dict]:
@@ -156,7 +156,8 @@ def _parameters(m) -> dict:
             if st.comment:
                 entry["description"] = st.comment
         else:
-            entry = {"prior": DEFAULT_SCALE_PRIOR if x in m.scale else DEFAULT_PRIOR}
+            scale = x in m.scale and x not in m.offdiag
+            entry = {"prior": DEFAULT_SCALE_PRIOR if scale else DEFAULT_PRIOR}
         if x in m.starts:
             entry["start"] = m.starts[x][0]
         out[x] = entry
