@@ -40,7 +40,9 @@ Sections and keys (LinearSDE field in brackets):
 * ``[parameters]``: ``name = "Prior(args)"`` (a NumPyro distribution from
   :data:`PRIORS`, e.g. ``"HalfNormal(1)"``, ``"LogNormal(0, 1)"``,
   ``"TruncatedNormal(0, 1, low=0)"``), a number (a fixed constant), or a table
-  ``{ prior = "...", description = "..." }`` / ``{ value = 1.0, description = "..." }``.
+  ``{ prior = "...", description = "..." }`` / ``{ value = 1.0, description = "..." }``;
+  a free parameter's table may add ``start = 0.1``, where the samplers start it
+  (:meth:`ModelSpec.init_strategy`).
 * ``[derived]`` (optional): named expressions of parameters used in the matrices and
   reported as deterministic sites, e.g. ``lam = "sqrt(3) / lengthscale"``.
 * ``[dynamics]``: ``drift`` (A, n×n, required), ``intercept`` (c, n),
@@ -54,6 +56,9 @@ Sections and keys (LinearSDE field in brackets):
   (a known start; cov = sd sdᵀ), ``diffuse_scale`` (variance of a diffuse start).
 * ``[random_effects]``, ``[covariates]``: hierarchical (panel) models, see below.
 * ``[data]``: the bundled default data set, see :meth:`ModelSpec.default_data`.
+* ``[equations]`` (``text = "..."``): the model as equations, in place of
+  ``[parameters]``, ``[derived]``, ``[dynamics]``, ``[measurement]``, ``[initial]``,
+  ``[random_effects]`` and ``[covariates]`` (see below).
 
 Matrix values. A matrix is a list of rows, a vector a list; each cell is a number, a
 parameter or derived name, or an expression in quotes. Shorthands: a single cell for
