@@ -41,8 +41,8 @@ Sections and keys (LinearSDE field in brackets):
   :data:`PRIORS`, e.g. ``"HalfNormal(1)"``, ``"LogNormal(0, 1)"``,
   ``"TruncatedNormal(0, 1, low=0)"``), a number (a fixed constant), or a table
   ``{ prior = "...", description = "..." }`` / ``{ value = 1.0, description = "..." }``;
-  a free parameter's table may add ``start = 0.1``, where the samplers start it
-  (:meth:`ModelSpec.init_strategy`).
+  a free parameter's table may add ``start = 0.1``, a start value
+  (:attr:`ModelSpec.starts`, used by :meth:`ModelSpec.init_strategy`).
 * ``[derived]`` (optional): named expressions of parameters used in the matrices and
   reported as deterministic sites, e.g. ``lam = "sqrt(3) / lengthscale"``.
 * ``[dynamics]``: ``drift`` (A, n×n, required), ``intercept`` (c, n),

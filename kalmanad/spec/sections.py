@@ -192,8 +192,8 @@ def _check_new_name(p: Parser, name, where) -> None:
 def parse_parameters(p: Parser, parameters) -> tuple[dict, dict, dict, dict]:
     """``[parameters]``: free parameters with priors, and fixed ones with values.
 
-    A free parameter's table may give ``start``, a value in its prior's support where
-    the samplers start it (:meth:`ModelSpec.init_strategy`).
+    A free parameter's table may give ``start``, a start value in its prior's support
+    (used by :meth:`ModelSpec.init_strategy`).
 
     Returns:
         ``(priors, constants, descriptions, starts)``: name -> :class:`Prior`, name ->
