@@ -282,7 +282,7 @@ def _impulse(node, inputs):
 def _compile_state(m: _Model, st: Statement) -> None:
     i = m.states.index(st.name)
     for t in linear_terms(st, st.rhs, _variables(m)):
-        _misplaced(m, st, t)
+        _check_coefficient(m, st, t.coef)
         if t.kind is None:
             _cell(m, ("intercept", i), st, t)
         elif t.kind == "state":
@@ -300,7 +300,7 @@ def _compile_indicator(m: _Model, st: Statement) -> None:
     i = m.indicators.index(st.name)
     terms = linear_terms(st, st.rhs, _variables(m, ("state", "input", "noise")))
     for t in terms:
-        _misplaced(m, st, t)
+        _check_coefficient(m, st, t.coef)
         if t.kind == "noise":
             raise st.error(
                 f"noise term {t.var!r} in a measurement equation: measurement error is the "
@@ -383,7 +383,9 @@ def _compile_cov(m: _Model, st: Statement) -> None:
     if pos in m.cells:
         raise st.error(f"the (co)variance of {a} and {b} is given twice", st.span)
     coef = st.coef
-    if coef is None:
+    if coef is not None:
+        _check_coefficient(m, st, coef)
+    else:
         if i != j:
             raise st.error(
                 f"give the covariance a parameter, e.g. {a} ~~ c*{b}",
@@ -436,12 +438,8 @@ _COMPILE = {
 }
 
 
-def _misplaced(m: _Model, st: Statement, t: Term) -> None:
-    """Indicators and typos of variables cannot stand in a coefficient."""
-    _check_coefficient(m, st, t.coef)
-
-
 def _check_coefficient(m: _Model, st: Statement, node) -> None:
+    """Indicators, noise terms and misspelt states cannot stand in a coefficient."""
     indicators = set(m.indicators)
     declared = _named(m)
     variables = [*m.states, *m.inputs]
