@@ -40,7 +40,9 @@ Sections and keys (LinearSDE field in brackets):
 * ``[parameters]``: ``name = "Prior(args)"`` (a NumPyro distribution from
   :data:`PRIORS`, e.g. ``"HalfNormal(1)"``, ``"LogNormal(0, 1)"``,
   ``"TruncatedNormal(0, 1, low=0)"``), a number (a fixed constant), or a table
-  ``{ prior = "...", description = "..." }`` / ``{ value = 1.0, description = "..." }``.
+  ``{ prior = "...", description = "..." }`` / ``{ value = 1.0, description = "..." }``;
+  a free parameter's table may add ``start = 0.1``, a start value
+  (:attr:`ModelSpec.starts`, used by :meth:`ModelSpec.init_strategy`).
 * ``[derived]`` (optional): named expressions of parameters used in the matrices and
   reported as deterministic sites, e.g. ``lam = "sqrt(3) / lengthscale"``.
 * ``[dynamics]``: ``drift`` (A, n×n, required), ``intercept`` (c, n),
@@ -54,6 +56,9 @@ Sections and keys (LinearSDE field in brackets):
   (a known start; cov = sd sdᵀ), ``diffuse_scale`` (variance of a diffuse start).
 * ``[random_effects]``, ``[covariates]``: hierarchical (panel) models, see below.
 * ``[data]``: the bundled default data set, see :meth:`ModelSpec.default_data`.
+* ``[equations]`` (``text = "..."``): the model as equations, in place of
+  ``[parameters]``, ``[derived]``, ``[dynamics]``, ``[measurement]``, ``[initial]``,
+  ``[random_effects]`` and ``[covariates]`` (see below).
 
 Matrix values. A matrix is a list of rows, a vector a list; each cell is a number, a
 parameter or derived name, or an expression in quotes. Shorthands: a single cell for
@@ -110,38 +115,71 @@ support and θ_pop is the typical (median) subject's value. The deviations are
 non-centred: δ_s = diag(sd) L η_s with η_s ~ N(0, I) (site ``re_z``), sd the
 per-parameter sites ``<param>_sd`` and L the Cholesky factor of the correlation
 matrix (site ``re_corr_cholesky``, deterministic ``re_corr``). The covariate effects
-β are sites ``<covariate>_on_<param>``; the subject values are reported as
+β are sites ``<covariate>_on_<param>``; the subject values are reported as the
+deterministic sites ``<param>_subject``.
+
+Equations. The same model written as equations (a ``.kal`` file, a TOML spec's
+``[equations]`` table, or :func:`from_equations`) compiles to these sections::
+
+    d(x) = theta*(mu - x) + sqrt(2*theta)*sigma*dW     # one equation per state
+    y ~ x ; y ~~ noise^2*y                             # indicator, residual variance
+    theta ~ lognormal(0, 1) ; mu ~ normal(0, 5)        # priors (others get defaults)
+
+See :mod:`~kalmanad.spec.equations` and ``docs/guide/equations.md``.
 
 The package, one job per module: :mod:`~kalmanad.spec.expressions` (cells as
 expressions, sign analysis), :mod:`~kalmanad.spec.priors`,
 :mod:`~kalmanad.spec.cells` (matrices, builders and the matrix sections),
 :mod:`~kalmanad.spec.sections` (the other sections), :mod:`~kalmanad.spec.data` (CSV
 files and panels), :mod:`~kalmanad.spec.sampling` (the NumPyro side),
-:mod:`~kalmanad.spec.model` (:class:`ModelSpec`) and :mod:`~kalmanad.spec.zoo`;
-errors in :mod:`~kalmanad.spec.errors`.
+:mod:`~kalmanad.spec.model` (:class:`ModelSpec`), :mod:`~kalmanad.spec.render`
+(:meth:`ModelSpec.describe`), :mod:`~kalmanad.spec.zoo`, and the equations language in
+:mod:`~kalmanad.spec.statements` (reading), :mod:`~kalmanad.spec.equations`
+(compiling) and :mod:`~kalmanad.spec.layout` (the sections); errors in
+:mod:`~kalmanad.spec.errors`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kalmanad.spec.cells import BUILDERS
 from kalmanad.spec.data import DataError, ModelData, PanelData, to_panel
+from kalmanad.spec.equations import EquationError, from_equations
 from kalmanad.spec.errors import SpecError
 from kalmanad.spec.expressions import FUNCTIONS, Expression, parse_expression
 from kalmanad.spec.model import DataSpec as DataSpec  # public, documented; not in __all__
 from kalmanad.spec.model import ModelSpec
 from kalmanad.spec.priors import PRIORS, parse_prior
-from kalmanad.spec.zoo import list_models, load_model, models_dir
+from kalmanad.spec.zoo import list_models, models_dir
+from kalmanad.spec.zoo import load_model as _load_zoo_model
+
+
+def load_model(name_or_path: str | Path) -> ModelSpec:
+    """Load a zoo model by name (``"ou"``) or a spec file by path: a TOML spec
+    (``"my_model.toml"``) or a model written as equations (``"my_model.kal"``).
+
+    Raises:
+        SpecError: unknown name (with suggestions) or an invalid spec;
+            :class:`EquationError` (a SpecError) for a problem in equations.
+    """
+    if not isinstance(name_or_path, Path) and str(name_or_path).endswith(".kal"):
+        name_or_path = Path(name_or_path)  # a path, never a zoo name
+    return _load_zoo_model(name_or_path)
+
 
 __all__ = [
     "BUILDERS",
     "FUNCTIONS",
     "PRIORS",
     "DataError",
+    "EquationError",
     "Expression",
     "ModelData",
     "ModelSpec",
     "PanelData",
     "SpecError",
+    "from_equations",
     "list_models",
     "load_model",
     "models_dir",

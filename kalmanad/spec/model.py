@@ -27,6 +27,7 @@ from kalmanad.spec.data import DataError, ModelData, read_csv, read_header
 from kalmanad.spec.errors import SpecError
 from kalmanad.spec.expressions import ANY, NONNEG, POS, Expression, sign
 from kalmanad.spec.priors import positive_support
+from kalmanad.spec.render import describe
 from kalmanad.spec.sections import (
     DYNAMICS_KEYS,
     MEASUREMENT_KEYS,
@@ -74,6 +75,8 @@ class ModelSpec:
         latent, manifest, inputs: variable names (tuples); n, m, k their counts.
         parameters: names of the free (sampled) parameters, in spec order.
         constants: fixed parameters, name -> value.
+        starts: start values of free parameters, name -> value (see
+            :meth:`init_strategy`).
         derived: derived quantities, name -> :class:`Expression`.
         data: the :class:`DataSpec`.
         source: the spec file, or None.
@@ -109,7 +112,9 @@ class ModelSpec:
         self.time_unit = str(time_unit)
         self.references = tuple(references)
         self._parse_variables(p, latent, manifest, inputs)
-        self._priors, self.constants, self.parameter_descriptions = parse_parameters(p, parameters)
+        self._priors, self.constants, self.parameter_descriptions, self.starts = parse_parameters(
+            p, parameters
+        )
         self.parameters = tuple(self._priors)
         self.derived, self.derived_descriptions, self._derived_order = parse_derived(
             p, derived, {**self._priors, **self.constants}
@@ -134,11 +139,21 @@ class ModelSpec:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | Path | None = None) -> ModelSpec:
-        """Build a spec from a dict laid out like the TOML file (sections as keys)."""
+        """Build a spec from a dict laid out like the TOML file (sections as keys).
+
+        With an ``[equations]`` section (``text = "..."``: the model as equations,
+        :func:`~kalmanad.spec.equations.from_equations`) the spec takes only
+        ``[model]``'s texts and ``[data]`` besides: the equations give the variables,
+        parameters and matrices.
+        """
         p = Parser(str(source) if source is not None else "<dict>")
         check_sections(p, d)
         model = d.get("model", {})
         check_keys(p, model, MODEL_KEYS, "[model]")
+        if "equations" in d:
+            from kalmanad.spec.equations import from_equations_section
+
+            return from_equations_section(p, d, model, source)
         for section in ("parameters", "dynamics", "measurement"):
             if section not in d:
                 raise p.error(None, f"missing section [{section}]")
@@ -159,9 +174,21 @@ class ModelSpec:
         )
 
     @classmethod
+    def from_equations(cls, text: str, **kwargs) -> ModelSpec:
+        """A spec from a model written as equations (see
+        :func:`~kalmanad.spec.equations.from_equations`, which takes the same arguments)."""
+        from kalmanad.spec.equations import from_equations
+
+        return from_equations(text, **kwargs)
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> ModelSpec:
-        """Read and validate a spec file."""
+        """Read and validate a spec file: TOML, or equations when it ends in ``.kal``."""
         path = Path(path)
+        if path.suffix == ".kal":
+            from kalmanad.spec.equations import from_equations, read_equations
+
+            return from_equations(read_equations(path), source=path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -503,6 +530,30 @@ class ModelSpec:
             cov = sampling.covariate_arrays(self, covariates, n_subjects)
         return numpyro.handlers.seed(self._sample_parameters, key)(n_subjects, cov)
 
+    def init_strategy(self, num_samples: int = 15):
+        """A NumPyro init strategy: the :attr:`starts` where given, else the prior median.
+
+        For ``NUTS(..., init_strategy=spec.init_strategy())`` or ``fit_map``. A site with
+        a start value starts there; every other site as NumPyro's
+        ``init_to_median(num_samples=num_samples)`` starts it.
+        """
+        from numpyro.infer import init_to_median
+
+        median = init_to_median(num_samples=num_samples)
+        starts = dict(self.starts)
+        if not starts:
+            return median
+
+        def strategy(site=None):
+            if site is None:
+                return strategy
+            if site["type"] == "sample" and not site["is_observed"] and site["name"] in starts:
+                shape = site["fn"].shape(site["kwargs"].get("sample_shape", ()))
+                return jnp.full(shape, starts[site["name"]])
+            return median(site)
+
+        return strategy
+
     def numpyro_model(
         self,
         times,
@@ -639,45 +690,6 @@ class ModelSpec:
 
     # ------------------------------------------------------------------- describe
     def describe(self) -> str:
-        """A readable multi-line summary: variables, parameters with priors, matrices."""
-        summary = self.title or (self.description.strip().splitlines() or [""])[0]
-        lines = [f"{self.name}: {summary}" if summary else self.name]
-        lines.append(f"  latent:   {', '.join(self.latent)}")
-        lines.append(f"  manifest: {', '.join(self.manifest)}")
-        if self.inputs:
-            lines.append(f"  inputs:   {', '.join(self.inputs)}")
-        lines.append("  parameters:")
-        width = max(len(x) for x in [*self._priors, *self.constants])
-        pwidth = max(len(p.text) for p in self._priors.values())
-        for x in self._priors:
-            desc = self.parameter_descriptions.get(x, "")
-            text = f"    {x:<{width}} ~ {self._priors[x].text:<{pwidth}}"
-            lines.append(f"{text}   # {desc}" if desc else text.rstrip())
-        for x, v in self.constants.items():
-            lines.append(f"    {x:<{width}} = {v:g} (fixed)")
-        if self.derived:
-            lines.append("  derived:")
-            for x, e in self.derived.items():
-                lines.append(f"    {x} = {e.text}")
-        for f in self._fields.values():
-            lines.append(f"  {f.where} = {_show(f.display)}")
-        lines.append(f"  initial state: {self.initial_state}")
-        if self.random_effects:
-            re = self.random_effects
-            corr = f"LKJ({re.lkj:g})" if re.lkj is not None else "none"
-            lines.append(f"  random effects: {', '.join(re.parameters)} (correlation: {corr})")
-        if self.covariates:
-            eff = "; ".join(f"{x} <- {', '.join(c)}" for x, c in self.covariates.effects.items())
-            lines.append(f"  covariates: {eff}")
-        if self.data.file:
-            kind = "simulated" if self.data.truth else "real"
-            lines.append(f"  default data: {self.data.file} ({kind})")
-        return "\n".join(lines)
-
-
-def _show(value) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
-    return str(value)
+        """A readable multi-line summary: variables, parameters with priors, the model as
+        equations (the ``.kal`` language) and its matrices."""
+        return describe(self)

@@ -49,6 +49,7 @@ SECTIONS = (
     "random_effects",
     "covariates",
     "data",
+    "equations",
 )
 MODEL_KEYS = (
     "name",
@@ -188,27 +189,35 @@ def _check_new_name(p: Parser, name, where) -> None:
         raise p.error(where, f"{name!r} is a built-in function or constant; choose another name")
 
 
-def parse_parameters(p: Parser, parameters) -> tuple[dict, dict, dict]:
+def parse_parameters(p: Parser, parameters) -> tuple[dict, dict, dict, dict]:
     """``[parameters]``: free parameters with priors, and fixed ones with values.
 
+    A free parameter's table may give ``start``, a start value in its prior's support
+    (used by :meth:`ModelSpec.init_strategy`).
+
     Returns:
-        ``(priors, constants, descriptions)``: name -> :class:`Prior`, name -> float
-        and name -> description (every parameter), each in spec order.
+        ``(priors, constants, descriptions, starts)``: name -> :class:`Prior`, name ->
+        float, name -> description (every parameter) and name -> start value (the free
+        parameters that give one), each in spec order.
     """
     if not isinstance(parameters, Mapping) or not parameters:
         raise p.error("[parameters]", "give at least one parameter with its prior")
     priors: dict[str, Prior] = {}
     constants: dict[str, float] = {}
     descriptions: dict[str, str] = {}
+    starts: dict[str, float] = {}
     for pname, entry in parameters.items():
         where = f"[parameters] {pname}"
         _check_new_name(p, pname, where)
-        desc = ""
+        desc, start = "", None
         if isinstance(entry, Mapping) and not isinstance(entry, dist.Distribution):
-            check_keys(p, entry, ("prior", "value", "description"), where)
+            check_keys(p, entry, ("prior", "value", "description", "start"), where)
             if ("prior" in entry) == ("value" in entry):
                 raise p.error(where, "give exactly one of 'prior' or 'value'")
+            if "start" in entry and "prior" not in entry:
+                raise p.error(f"{where}.start", "a start value is for a free parameter (a prior)")
             desc = str(entry.get("description", ""))
+            start = entry.get("start")
             entry = entry.get("prior", entry.get("value"))
         if isinstance(entry, (int, float)) and not isinstance(entry, bool):
             if not math.isfinite(entry):
@@ -216,10 +225,21 @@ def parse_parameters(p: Parser, parameters) -> tuple[dict, dict, dict]:
             constants[pname] = float(entry)
         else:
             priors[pname] = parse_prior(entry, source=p.source, where=where)
+        if start is not None:
+            starts[pname] = _start_value(p, start, priors[pname], f"{where}.start")
         descriptions[pname] = desc
     if not priors:
         raise p.error("[parameters]", "every parameter is fixed: nothing to infer")
-    return priors, constants, descriptions
+    return priors, constants, descriptions, starts
+
+
+def _start_value(p: Parser, value, prior: Prior, where) -> float:
+    """A start value: a finite number inside the prior's support."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise p.error(where, f"a start value must be a finite number, got {value!r}")
+    if not bool(prior.make().support(float(value))):
+        raise p.error(where, f"start value {value:g} is outside the support of {prior.text}")
+    return float(value)
 
 
 def parse_derived(p: Parser, derived, parameters) -> tuple[dict, dict, list]:
