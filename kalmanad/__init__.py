@@ -27,6 +27,7 @@ __all__ = [
     "fit_map",
     "fit_nuts",
     "forecast",
+    "from_equations",
     "kalman_filter",
     "linalg",
     "list_models",
@@ -43,7 +44,7 @@ def __getattr__(name):
         from kalmanad import inference
 
         return getattr(inference, name)
-    if name in ("load_model", "list_models"):
+    if name in ("load_model", "list_models", "from_equations"):
         from kalmanad import spec
 
         return getattr(spec, name)
