@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kalmanad
+from kalmanad import models
 from kalmanad.filter.smoother import diffuse_smoother_ssm
 from kalmanad.model import LinearSDE
 from kalmanad.ssm import DiscreteSSM
@@ -205,3 +206,13 @@ def test_simulate_from_a_diffuse_start_is_an_error():
     known = _local_level().replace(initial_state="known", initial_cov=jnp.eye(1))
     sim = kalmanad.simulate(known, np.arange(5.0), jax.random.key(0))
     assert np.all(np.isfinite(sim.observations))
+
+
+def test_float32():
+    y = _nile()
+    ref = sm.tsa.UnobservedComponents(y, "llevel", use_exact_diffuse=True).smooth([S2E, S2L])
+    model = models.local_level(np.float32(np.sqrt(S2L)), np.float32(np.sqrt(S2E)))
+    got = kalmanad.rts_smoother(model, np.arange(100, dtype=np.float32), y[:, None].astype("f4"))
+    assert got.smoothed_mean.dtype == np.float32
+    np.testing.assert_allclose(got.smoothed_mean[:, 0], ref.smoothed_state[0], rtol=2e-6)
+    np.testing.assert_allclose(got.smoothed_cov[:, 0, 0], ref.smoothed_state_cov[0, 0], rtol=2e-5)
