@@ -116,7 +116,6 @@ __all__ = [
     "discretize_model",
     "discretize_step",
     "initial_moments",
-    "stationary_covariance",
     "step_grid",
     "step_grid_rows",
 ]
@@ -917,60 +916,23 @@ def initial_moments(model: LinearSDE):
     if model.initial_state == "diffuse":
         return model.initial_mean, model.diffuse_scale * jnp.eye(n, dtype=dtype)
     a = model.drift
-    _require_stable(
-        a,
-        "a stationary initial state",
-        "give initial_mean and initial_cov, or initial_state='diffuse'",
-    )
-    a_safe, p0, _ = _stationary_parts(a, model.diffusion)
+    a_c = _concrete(a)
+    eye = jnp.eye(n, dtype=dtype)
+    if a_c is not None:
+        _require_stable(
+            a,
+            "a stationary initial state",
+            "give initial_mean and initial_cov, or initial_state='diffuse'",
+        )
+        a_safe = a
+    else:
+        a_safe = jnp.where(drift_is_stable(a), a, -eye)
+    p0 = symmetrize(solve_continuous_lyapunov(a_safe, -model.diffusion))
     if model.initial_mean is not None:
         m0 = model.initial_mean
     else:
         m0 = jnp.linalg.solve(a_safe, -model.drift_intercept[:, None])[:, 0]
     return m0, p0
-
-
-def _stationary_parts(a, diffusion):
-    """``(a_safe, P∞, stable)``: a concrete drift as it is (checked by the caller); a
-    traced one replaced by -I where it is not stable, so that P∞ stays finite."""
-    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
-    if _concrete(a) is not None:
-        a_safe, stable = a, jnp.asarray(True)
-    else:
-        stable = drift_is_stable(a)
-        a_safe = jnp.where(stable, a, -eye)
-    return a_safe, symmetrize(solve_continuous_lyapunov(a_safe, -diffusion)), stable
-
-
-def stationary_covariance(model: LinearSDE) -> jax.Array:
-    """The stationary covariance P∞ of the state: ``A P∞ + P∞ Aᵀ + GGᵀ = 0``.
-
-    The covariance that x(t) settles to for a stable drift A (every eigenvalue with a
-    negative real part), whatever the model's ``initial_state``: the ``"stationary"``
-    start uses it as P0. The autocovariance at lag τ ≥ 0 is
-    ``Cov[x(t+τ), x(t)] = e^{Aτ} P∞``. One Lyapunov solve
-    (:func:`kalmanad.linalg.solve_continuous_lyapunov`); jit-, vmap- and grad-safe.
-
-    Args:
-        model: an unbatched :class:`~kalmanad.LinearSDE` (``jax.vmap`` for several).
-
-    Returns:
-        (n, n) symmetric P∞. For a traced drift that is not stable (a sampler's
-        proposal) every entry is NaN, with finite (zero) gradients.
-
-    Raises:
-        ValueError: a concrete drift that is not stable (no stationary distribution).
-    """
-    if not isinstance(model, LinearSDE):
-        raise TypeError(f"model must be a LinearSDE, got {type(model).__name__}")
-    if np.ndim(model.drift) != 2:
-        raise ValueError(
-            f"stationary_covariance takes an unbatched model (drift (n, n)), got drift of "
-            f"shape {np.shape(model.drift)}: use jax.vmap for several"
-        )
-    _require_stable(model.drift, "the stationary covariance", "the process has none")
-    _, p, stable = _stationary_parts(model.drift, model.diffusion)
-    return jnp.where(stable, p, jnp.nan)
 
 
 # ---------------------------------------------------------------------------------------

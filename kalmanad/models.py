@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kalmanad._validation import value_errors_raise
+from kalmanad.discretize import initial_moments
 from kalmanad.linalg import solve_continuous_lyapunov
 from kalmanad.model import LinearSDE, drift_is_stable
 
@@ -77,6 +78,7 @@ __all__ = [
     "matern52",
     "ou",
     "sho",
+    "stationary_covariance",
     "stationary_sd_diffusion",
 ]
 
@@ -218,6 +220,46 @@ def _require_stable_ar(drift, what: str) -> None:
             f"{what}: the AR polynomial has a root with real part {lam.real.max():.6g} >= 0 "
             "(not stationary); every root must have a negative real part"
         )
+
+
+def stationary_covariance(model: LinearSDE) -> jax.Array:
+    """The stationary covariance P∞ of the state: ``A P∞ + P∞ Aᵀ + GGᵀ = 0``.
+
+    The covariance that x(t) settles to for a stable drift A (every eigenvalue with a
+    negative real part), whatever the model's ``initial_state``; the ``"stationary"``
+    start uses it as P0 (:func:`kalmanad.discretize.initial_moments`, whose Lyapunov
+    solve this is). The autocovariance at lag τ ≥ 0 is ``Cov[x(t+τ), x(t)] = e^{Aτ} P∞``.
+    jit-, vmap- and grad-safe.
+
+    Args:
+        model: an unbatched :class:`~kalmanad.LinearSDE` (``jax.vmap`` for several).
+
+    Returns:
+        (n, n) symmetric P∞. For a traced drift that is not stable (a sampler's
+        proposal) every entry is NaN, with finite (zero) gradients.
+
+    Raises:
+        ValueError: a concrete drift that is not stable (it has no stationary
+            distribution); a batched model.
+    """
+    if not isinstance(model, LinearSDE):
+        raise TypeError(f"model must be a LinearSDE, got {type(model).__name__}")
+    if np.ndim(model.drift) != 2:
+        raise ValueError(
+            "stationary_covariance takes an unbatched model (drift (n, n)), got drift of "
+            f"shape {np.shape(model.drift)}: use jax.vmap for several"
+        )
+    stable = drift_is_stable(model.drift)
+    if not isinstance(stable, jax.Array) and not bool(stable):
+        lam = np.linalg.eigvals(np.asarray(model.drift, np.float64)).real.max()
+        raise ValueError(
+            "the stationary covariance needs a stable drift, but the largest real part "
+            f"of the eigenvalues of drift is {lam:.6g} (must be < 0): the process has none"
+        )
+    if model.initial_state != "stationary":
+        model = model.replace(initial_state="stationary")
+    _, p = initial_moments(model)  # finite for a traced unstable drift (-I stands in)
+    return jnp.where(stable, p, jnp.nan)
 
 
 # ------------------------------------------------------------------------ the families

@@ -11,8 +11,8 @@ import scipy.linalg
 
 import kalmanad
 from kalmanad import models
-from kalmanad.discretize import stationary_covariance
 from kalmanad.model import _FIELDS, LinearSDE
+from kalmanad.models import stationary_covariance
 from kalmanad.spec import load_model
 
 # zoo name -> (parameter values, the constructor's model at those values)
