@@ -6,6 +6,8 @@ arguments may be Python numbers, arrays, or values sampled inside a NumPyro mode
 sizes, such as the CARMA orders, come from the lengths of the arguments and are static).
 The zoo's spec builders (``companion``, ``ma_loadings``, ``stationary_sd``) call the
 helpers here, so a spec and the constructor give the same model.
+:func:`stationary_covariance` gives the stationary covariance of any model with a stable
+drift.
 
 Every constructor observes one process ``y = mean + x + e`` (``ctvar``: ``y = d + H x + e``)
 with ``e ~ N(0, noise²)``; ``noise = 0`` is allowed. The start is stationary for the
