@@ -34,20 +34,21 @@ EzTao. Other conventions map as follows:
   ``theta = a1`` and ``sigma = b0 / sqrt(2 a1)``; its DHO ``(a1, a2, b0, b1)`` is
   ``carma([a1, a2], [b0, b1])``.
 * celerite (``celerite.solver.CARMASolver(log_sigma, arparams, maparams)``, C++
-  ``celerite/carma.h``): ``arparams`` are the logs of the coefficients of the AR
-  polynomial's factors, pairs ``(log c, log b)`` for ``s² + b s + c`` and, for odd p, a
-  last ``log r`` for ``s + r``; ``maparams`` likewise for the MA polynomial, which celerite
-  divides by its constant term; σ multiplies the noise. So
-  ``carma(ar=ar_from_factors(f_ar), ma=sigma * ma_from_factors(f_ma))`` with the factors
-  ``f = [[b1, c1], [b2, c2], …, r]`` read off ``exp(params)``, and
-  ``ma_from_factors`` normalising to ``b_0 = 1``.
+  ``cpp/include/celerite/carma.h``): ``arparams`` are logs of the coefficients of the AR
+  polynomial's factors, a pair ``(log c, log b)`` for each ``s² + b s + c`` and, for odd
+  p, a last ``log r`` for ``s + r``; ``maparams`` likewise for the MA polynomial, which
+  celerite divides by its constant term; σ = ``exp(log_sigma)`` scales the noise. So
+  ``ar = ar_from_factors([[b1, c1], [b2, c2], …, r])`` (AR factors read off
+  ``exp(arparams)``) and ``ma = σ · ma_from_factors([[b/c, 1/c], …, 1/r])`` (each MA
+  factor ``s² + b s + c`` divided by c is ``1 + (b/c) s + (1/c) s²``, each ``s + r``
+  divided by r is ``1 + s/r``), with ``sigma=None``.
 * kalmanad's spec builders: ``companion`` ``factors`` are the same factors
   (``[a, b]`` for ``s² + a s + b``, a cell ``r`` for ``s + r``; :func:`ar_from_factors`),
   but ``companion`` ``coefficients`` list α_0 … α_{p-1} *lowest* power first, the reverse
-  of ``ar``. ``ma_loadings`` factors are ``[c]`` for ``1 + c s`` and ``[a, b]`` for
+  of ``ar``. ``ma_loadings`` factors are a cell ``c`` for ``1 + c s`` and ``[a, b]`` for
   ``1 + a s + b s²`` (:func:`ma_from_factors`).
-* tinygp's ``quasisep.CARMA(alpha, beta)`` and Kelly et al. (2014) list α lowest power
-  first: ``ar = alpha[::-1]``; their β is ``ma``.
+* tinygp's ``quasisep.CARMA.init(alpha, beta)`` and Kelly et al. (2014) list α lowest
+  power first: ``ar = alpha[::-1]``; tinygp's β (σ absorbed) is ``ma``.
 
 With ``sigma`` given, :func:`carma` rescales the noise so that the stationary standard
 deviation of x is ``sigma`` (only the shape of ``ma`` matters then), as the zoo's

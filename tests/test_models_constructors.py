@@ -185,6 +185,17 @@ def test_carma21_closed_form(ar):
     )
 
 
+def test_carma_matches_tinygp():
+    """tinygp's CARMA kernel (α lowest power first, σ absorbed into β): ar = α reversed."""
+    quasisep = pytest.importorskip("tinygp.kernels.quasisep")
+    alpha, beta = np.array([2.0, 0.6]), np.array([0.8, 1.7])
+    tau = np.array([0.0, 0.3, 1.1, 4.0])
+    kernel = quasisep.CARMA.init(alpha=alpha, beta=beta)
+    want = np.asarray(kernel(jnp.zeros(1), jnp.asarray(tau)))[0]
+    got = [_model_autocov(models.carma(alpha[::-1], beta), t) for t in tau]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
 def test_carma_argument_errors():
     with pytest.raises(ValueError, match=r"q < p"):
         models.carma([1.0], [1.0, 2.0])
