@@ -166,13 +166,17 @@ def test_bad_mask_is_a_named_error():
         diffuse_smoother_ssm(_llt_ssm(5, 1.0, 1.0, 1.0), np.ones((5, 1)), np.array([1, 1]))
 
 
-def test_front_end_panel_is_each_subject_smoothed():
+@pytest.mark.parametrize("diffuse", [True, False])
+def test_front_end_panel_is_each_subject_smoothed(diffuse):
+    """A panel (leading subject dim) is smoothed subject by subject, for the exact
+    diffuse smoother and for the RTS smoother."""
     y = _nile()[:30]
     times = np.arange(30.0)
     ys = np.stack([y, y[::-1]])[..., None]
-    both = kalmanad.rts_smoother(_local_level(), times, ys)
+    model = _local_level() if diffuse else models.ou(0.3, 150.0, 900.0, 120.0)
+    both = kalmanad.rts_smoother(model, times, ys)
     for s in range(2):
-        one = kalmanad.rts_smoother(_local_level(), times, ys[s])
+        one = kalmanad.rts_smoother(model, times, ys[s])
         np.testing.assert_allclose(both.smoothed_mean[s], one.smoothed_mean, rtol=1e-12)
         np.testing.assert_allclose(both.smoothed_cov[s], one.smoothed_cov, rtol=1e-12)
 
