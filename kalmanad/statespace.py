@@ -519,22 +519,13 @@ def simulate(
         as its log-likelihood is ``-inf``; that happens only with traced parameters or
         inside a NumPyro model run (elsewhere invalid concrete values raise).
 
-    Raises:
-        ValueError: for a model with ``initial_state="diffuse"``: an improper start has
-            no distribution to draw from. Give the start (``initial_mean`` and
-            ``initial_cov``, ``initial_state="known"``), e.g.
-            ``model.replace(initial_state="known", initial_cov=...)``.
+    A diffuse start (``initial_state="diffuse"``) is improper: it has no distribution to
+    draw x(t_0) from, so the draws are conditional on ``x(t_0) = initial_mean`` (zeros
+    unless given), the given start of each simulated path. For a random start give its
+    distribution (``initial_state="known"`` with ``initial_mean`` and ``initial_cov``).
 
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
-    _check_model(model)
-    if model.initial_state == "diffuse":
-        raise ValueError(
-            "simulate needs a proper initial distribution, but the model's initial_state "
-            "is 'diffuse' (an improper start with no distribution to draw from): give "
-            "the start, e.g. model.replace(initial_state='known', initial_mean=m0, "
-            "initial_cov=P0)"
-        )
     times, inputs, grid = _front_end_args(model, times, inputs)
     args = (model, times, key, inputs, grid)
     kw = {"sample_shape": tuple(int(k) for k in sample_shape), "discretization": discretization}
@@ -544,6 +535,8 @@ def simulate(
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
     model, ok = _guard_invalid(model)  # the draws become NaN where not ok
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
+    if model.initial_state == "diffuse":  # no distribution: start at the given mean
+        ssm = ssm._replace(initial_cov=jnp.zeros_like(ssm.initial_cov))
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
         lambda x: jnp.broadcast_to(x, sample_shape + x.shape).reshape(

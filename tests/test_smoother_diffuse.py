@@ -203,13 +203,16 @@ def test_forecast_before_the_diffuse_period_ends_is_an_error():
         kalmanad.forecast(model, np.array([0.0]), np.array([[1.0]]), np.array([1.0]))
 
 
-def test_simulate_from_a_diffuse_start_is_an_error():
-    with pytest.raises(ValueError, match="simulate needs a proper initial distribution"):
-        kalmanad.simulate(_local_level(), np.arange(5.0), jax.random.key(0))
-    # with the start given, it simulates
-    known = _local_level().replace(initial_state="known", initial_cov=jnp.eye(1))
-    sim = kalmanad.simulate(known, np.arange(5.0), jax.random.key(0))
-    assert np.all(np.isfinite(sim.observations))
+def test_simulate_from_a_diffuse_start_is_conditional_on_the_initial_mean():
+    """A diffuse start has no distribution: the paths start at x(t_0) = initial_mean,
+    exactly the draws of a known start with that mean and zero covariance."""
+    model = _local_level().replace(initial_mean=jnp.array([1100.0]))
+    times = np.arange(5.0)
+    sim = kalmanad.simulate(model, times, jax.random.key(0), sample_shape=(3,))
+    np.testing.assert_array_equal(sim.states[:, 0, 0], 1100.0)
+    known = model.replace(initial_state="known", initial_cov=jnp.zeros((1, 1)))
+    ref = kalmanad.simulate(known, times, jax.random.key(0), sample_shape=(3,))
+    np.testing.assert_array_equal(sim.observations, ref.observations)
 
 
 def test_float32():
