@@ -42,12 +42,15 @@ from kalmanad.filter import (
     Simulation,
     SmootherResult,
     filter_ssm,
+    forecast_ssm,
     rts_smoother_ssm,
     simulate_ssm,
 )
 from kalmanad.filter._common import check_checkpoint
+from kalmanad.filter.smoother import diffuse_smoother_ssm
 from kalmanad.model import _FIELDS as _FIELD_NAMES
 from kalmanad.model import LinearSDE
+from kalmanad.ssm import DiscreteSSM
 
 __all__ = [
     "discretize_observed",
@@ -357,11 +360,21 @@ def rts_smoother(
     method: str = "sequential",
     discretization: str = "van_loan",
 ) -> SmootherResult:
-    """Rauch–Tung–Striebel smoothed states E[x(t_k) | all y] and covariances.
+    """Smoothed states E[x(t_k) | all y] and covariances.
 
-    Arguments as :func:`kalman_filter`. Returns
-    :class:`~kalmanad.filter.SmootherResult` with means (..., T, n), covariances
-    (..., T, n, n) and lag-one cross covariances (..., T-1, n, n).
+    Arguments as :func:`kalman_filter`. A model with ``initial_state="diffuse"`` gets
+    the exact diffuse smoother (Durbin & Koopman 2012, §5.3;
+    :func:`~kalmanad.filter.smoother.diffuse_smoother_ssm`), consistent with the
+    exact diffuse filter: no large-variance stand-in κ. Other models get the
+    Rauch–Tung–Striebel smoother after the filter of ``method``.
+
+    Returns:
+        :class:`~kalmanad.filter.SmootherResult` with means (..., T, n), covariances
+        (..., T, n, n), lag-one cross covariances Cov[x(t_k), x(t_{k+1}) | y]
+        (..., T-1, n, n) and the RTS gains (..., T-1, n, n), or ``gain=None`` for a
+        diffuse start. A diffuse start whose posterior is improper (too few
+        observations to pin the state down) gives NaN moments.
+
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
     times, inputs, grid = _front_end_args(model, times, inputs)
@@ -373,9 +386,20 @@ def rts_smoother(
 def _rts_smoother(model, times, y, inputs, grid, *, method, discretization):
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
     y = _check_y(y, np.shape(times)[-1], model.n_obs)
-    ssm, y, _ = _align(ssm, y, batch)
-    res = filter_ssm(ssm, y, method)
-    return rts_smoother_ssm(ssm, res)
+    ssm, y, batch = _align(ssm, y, batch)
+    if model.initial_state == "diffuse":
+        mask = jnp.ones(model.n_states, bool)
+
+        def smooth(s, yy):
+            return diffuse_smoother_ssm(s, yy, mask)
+    else:
+
+        def smooth(s, yy):
+            return rts_smoother_ssm(s, filter_ssm(s, yy, method))
+
+    for _ in batch:  # one subject at a time, vmapped over the panel's dims
+        smooth = jax.vmap(smooth)
+    return smooth(ssm, y)
 
 
 _rts_smoother_jit = jax.jit(_rts_smoother, static_argnames=("method", "discretization"))
@@ -495,6 +519,11 @@ def simulate(
         as its log-likelihood is ``-inf``; that happens only with traced parameters or
         inside a NumPyro model run (elsewhere invalid concrete values raise).
 
+    A diffuse start (``initial_state="diffuse"``) is improper: it has no distribution to
+    draw x(t_0) from, so the draws are conditional on ``x(t_0) = initial_mean`` (zeros
+    unless given), the given start of each simulated path. For a random start give its
+    distribution (``initial_state="known"`` with ``initial_mean`` and ``initial_cov``).
+
     Like :func:`kalman_filter`, an eager call runs as one compiled function.
     """
     times, inputs, grid = _front_end_args(model, times, inputs)
@@ -506,6 +535,8 @@ def simulate(
 def _simulate(model, times, key, inputs, grid, *, sample_shape, discretization):
     model, ok = _guard_invalid(model)  # the draws become NaN where not ok
     ssm, batch = discretize_observed(model, times, inputs, discretization=discretization, grid=grid)
+    if model.initial_state == "diffuse":  # no distribution: start at the given mean
+        ssm = ssm._replace(initial_cov=jnp.zeros_like(ssm.initial_cov))
     n_draws = math.prod(sample_shape) * math.prod(batch)
     flat = jax.tree.map(
         lambda x: jnp.broadcast_to(x, sample_shape + x.shape).reshape(
@@ -542,10 +573,20 @@ def forecast(
     (zero-order) over the following interval like observed inputs; the input at the
     last observation time is held over the first forecast interval.
 
+    The last filtered state is the exact filter's (for ``initial_state="diffuse"``
+    the exact diffuse filter's), propagated by
+    :func:`~kalmanad.filter.forecast_ssm`.
+
     Returns:
-        :class:`~kalmanad.filter.Forecast`: state means (..., K, n) and covariances
-        (..., K, n, n), observation means (..., K, m) and covariances (..., K, m, m)
-        (measurement noise included).
+        :class:`~kalmanad.filter.Forecast`: state means (K, n) and covariances
+        (K, n, n), observation means (K, m) and covariances (K, m, m)
+        (measurement noise included); NaN where the filter's log-likelihood is ``-inf``
+        (traced invalid parameters).
+
+    Raises:
+        ValueError: a batched model; ``new_times`` not after ``times[-1]``; missing or
+            mis-shaped ``new_inputs``; a diffuse start whose diffuse period has not
+            ended by the last observation.
     """
     _check_model(model)
     if model_batch_shape(model):
@@ -580,21 +621,28 @@ def forecast(
         impulses = new_inputs
     steps = jnp.diff(jnp.concatenate([jnp.broadcast_to(t_last, (1,)), new_times]))
     ad, bd, qd = discretize_step(model, steps, held, impulses, method=discretization)
-    m0, p0 = res.filtered_mean[-1], res.filtered_cov[-1]
-
-    def step(carry, xs):
-        m, p = carry
-        a, b, q = xs
-        m = a @ m + b
-        p = a @ p @ a.T + q
-        p = 0.5 * (p + p.T)
-        return (m, p), (m, p)
-
-    _, (means, covs) = jax.lax.scan(step, (m0, p0), (ad, bd, qd))
-    h, d = model.observation, model.observation_intercept
-    obs_off = d + (new_inputs @ model.observation_input_effect.T if new_inputs is not None else 0.0)
-    obs_mean = means @ h.T + obs_off
-    obs_cov = h @ covs @ h.T + model.observation_noise
-    return Forecast(
-        state_mean=means, state_cov=covs, observation_mean=obs_mean, observation_cov=obs_cov
+    m, n = model.n_obs, model.n_states
+    obs_off = model.observation_intercept
+    if new_inputs is not None:
+        obs_off = obs_off + new_inputs @ model.observation_input_effect.T
+    ssm = DiscreteSSM(
+        transition=ad,
+        offset=bd,
+        transition_cov=qd,
+        observation=jnp.broadcast_to(model.observation, (K, m, n)),
+        observation_offset=jnp.broadcast_to(obs_off, (K, m)),
+        observation_cov=jnp.broadcast_to(model.observation_noise, (K, m, m)),
+        initial_mean=res.filtered_mean[-1],
+        initial_cov=res.filtered_cov[-1],
     )
+    fc = forecast_ssm(ssm)
+    # -inf: invalid parameters, or a diffuse start whose diffuse period did not end:
+    # the last filtered state is then no distribution to forecast from.
+    proper = jnp.isfinite(res.log_likelihood)
+    if _is_concrete(proper) and not bool(proper) and model.initial_state == "diffuse":
+        raise ValueError(
+            "forecast: the exact diffuse filter's log-likelihood is -inf: the "
+            "observations do not pin down the diffuse initial state within its window "
+            "(too few observed values), so the last filtered state is improper"
+        )
+    return jax.tree.map(lambda x: jnp.where(proper, x, jnp.nan), fc)

@@ -1,4 +1,5 @@
-"""Rauch–Tung–Striebel smoother (sequential reverse scan, or parallel-in-time).
+"""Rauch–Tung–Striebel smoother (sequential reverse scan, or parallel-in-time), and
+the exact diffuse smoother (:func:`diffuse_smoother_ssm`).
 
 With the filtered moments ``(m_{k|k}, P_{k|k})``, the predicted ones
 ``(m_{k+1|k}, P_{k+1|k})`` and the transition ``A_{k+1}``::
@@ -26,7 +27,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kalmanad.filter._common import promote, ssm_dims
 from kalmanad.filter._types import FilterResult, SmootherResult
+from kalmanad.filter.diffuse import smooth_diffuse
 from kalmanad.linalg import cho_solve
 from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
@@ -125,3 +128,37 @@ def _smooth(A, fr: FilterResult, method: str) -> SmootherResult:
     m_s = jnp.concatenate([m_s, fr.filtered_mean[-1:]], axis=0)
     P_s = jnp.concatenate([P_s, fr.filtered_cov[-1:]], axis=0)
     return SmootherResult(m_s, P_s, cross, G)
+
+
+def diffuse_smoother_ssm(ssm: DiscreteSSM, y, diffuse_mask) -> SmootherResult:
+    """Exact diffuse smoother, consistent with ``filter_ssm(..., diffuse_mask=...)``.
+
+    The state components selected by ``diffuse_mask`` start with an improper
+    (infinite-variance) distribution; the smoothed moments are the limits κ → ∞ of
+    those with initial covariance ``κ I`` on those components (Durbin & Koopman 2012,
+    §5.3, in the univariate form of §6.4; see :mod:`kalmanad.filter.diffuse`). No
+    predicted covariance is inverted, so singular process noise is fine.
+
+    Args:
+        ssm: unbatched model (use ``jax.vmap`` for several subjects); the rows and
+            columns of ``initial_cov`` and the entries of ``initial_mean`` of the
+            diffuse components are ignored.
+        y: (T, m) observations, NaN = missing.
+        diffuse_mask: (n,) boolean, the diffuse components.
+
+    Returns:
+        :class:`SmootherResult` with smoothed means (T, n), covariances (T, n, n),
+        lag-one cross covariances Cov[x_k, x_{k+1} | y] (T-1, n, n) and ``gain=None``
+        (the RTS gains do not exist while a component is still diffuse). All NaN when
+        the posterior is improper (the observations never pin every diffuse component
+        down) or the model is invalid (the filter's log-likelihood is ``-inf``).
+    """
+    (ssm, y) = promote(ssm, jnp.asarray(y))
+    _, n, _ = ssm_dims(ssm, y.shape)
+    mask = jnp.asarray(diffuse_mask)
+    if mask.dtype != jnp.bool_ or mask.shape != (n,):
+        raise ValueError(
+            f"diffuse_mask must be a boolean array of shape (n,) = ({n},), got dtype "
+            f"{mask.dtype} and shape {mask.shape}"
+        )
+    return smooth_diffuse(ssm, y, mask)

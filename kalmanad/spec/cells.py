@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from kalmanad.linalg import solve_continuous_lyapunov
+from kalmanad.models import ar_from_factors, companion, ma_from_factors, stationary_sd_diffusion
 from kalmanad.spec.errors import SpecError, suggest
 from kalmanad.spec.expressions import Expression, parse_expression
 
@@ -357,15 +357,6 @@ def initial_fields(p: Parser, initial, known) -> dict[str, Field]:
 # ---------------------------------------------------------------------------- builders
 
 
-def _poly_mul(p, q):
-    """Product of polynomials given as coefficient lists, lowest degree first."""
-    out = [0.0] * (len(p) + len(q) - 1)
-    for i, a in enumerate(p):
-        for j, b in enumerate(q):
-            out[i + j] = out[i + j] + a * b
-    return out
-
-
 class _FactorList:
     """Polynomial factors: a cell is a linear factor, a 2-list a quadratic factor."""
 
@@ -442,20 +433,11 @@ class Companion:
         """Coefficients α0..α_{n-1} of the monic AR polynomial (lowest first)."""
         if self.coefficients is not None:
             return [e(env) for e in self.coefficients]
-        poly = [1.0]
-        for f in self.factors.factors:
-            vals = [e(env) for e in f]
-            # s + r -> [r, 1];  s² + a s + b -> [b, a, 1]
-            poly = _poly_mul(poly, [vals[0], 1.0] if len(vals) == 1 else [vals[1], vals[0], 1.0])
-        return poly[:-1]
+        factors = [[e(env) for e in f] if len(f) == 2 else f[0](env) for f in self.factors.factors]
+        return ar_from_factors(factors)[::-1]
 
     def value(self, env, dtype, context):
-        alpha = jnp.stack([jnp.asarray(a, dtype) for a in self.polynomial(env)])
-        n = alpha.shape[0]
-        last = -alpha[None, :]
-        if n == 1:
-            return last
-        return jnp.concatenate([jnp.eye(n - 1, n, k=1, dtype=dtype), last], axis=0)
+        return companion(self.polynomial(env), dtype)
 
 
 class MALoadings:
@@ -501,11 +483,8 @@ class MALoadings:
     def polynomial(self, env):
         if self.coefficients is not None:
             return [1.0] + [e(env) for e in self.coefficients]
-        poly = [1.0]
-        for f in self.factors.factors:
-            vals = [e(env) for e in f]
-            poly = _poly_mul(poly, [1.0, *vals])  # 1 + c s  or  1 + a s + b s²
-        return poly
+        factors = [[e(env) for e in f] if len(f) == 2 else f[0](env) for f in self.factors.factors]
+        return ma_from_factors(factors)  # 1 + c s  or  1 + a s + b s² per factor
 
     def value(self, env, dtype, context):
         beta = [jnp.asarray(b, dtype) for b in self.polynomial(env)]
@@ -546,14 +525,9 @@ class StationarySD:
         return [self.sd]
 
     def value(self, env, dtype, context):
-        a = context["drift"]
         h = context["observation"][self.k]
-        e = jnp.zeros((self.n, self.n), dtype).at[self.j, self.j].set(1.0)
-        # Unit-rate stationary covariance: A P + P Aᵀ + e eᵀ = 0; var(h x) = h P hᵀ.
-        p = solve_continuous_lyapunov(a, -e)
-        var = h @ p @ h
         sd = jnp.asarray(self.sd(env), dtype)
-        return (sd**2 / var) * e
+        return stationary_sd_diffusion(context["drift"], h, sd, self.j)
 
 
 def _only_keys(parser, args, allowed, where, builder):
