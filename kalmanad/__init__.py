@@ -13,9 +13,10 @@ zoo (:func:`load_model`, :func:`list_models`), inference (:func:`fit_nuts`,
 :func:`fit_map`) and the differentiable primitives in :mod:`kalmanad.linalg`.
 """
 
-from kalmanad import linalg
+from kalmanad import linalg, models
 from kalmanad.discretize import discretize, discretize_model
 from kalmanad.model import LinearSDE
+from kalmanad.models import stationary_covariance
 from kalmanad.statespace import forecast, kalman_filter, log_likelihood, rts_smoother, simulate
 
 __version__ = "0.1.0.dev0"
@@ -33,8 +34,11 @@ __all__ = [
     "list_models",
     "load_model",
     "log_likelihood",
+    "models",
+    "read_wide",
     "rts_smoother",
     "simulate",
+    "stationary_covariance",
 ]
 
 
@@ -48,6 +52,10 @@ def __getattr__(name):
         from kalmanad import spec
 
         return getattr(spec, name)
+    if name == "read_wide":
+        from kalmanad.spec.wide import read_wide
+
+        return read_wide
     if name == "distributions":
         import importlib
 

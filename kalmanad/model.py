@@ -170,9 +170,10 @@ class LinearSDE:
             ``"known"`` when ``initial_cov`` is given, ``"stationary"`` otherwise.
         diffuse_scale: the variance κ of the large-variance representation of a
             diffuse start (P0 = κ I); static. Default 1e6, statsmodels'
-            ``approximate_diffuse`` default. The filters (every ``method``) use the
-            exact diffuse initialisation instead; κ is used by the smoother, forecasts
-            and simulation.
+            ``approximate_diffuse`` default. κ is only the ``initial_cov`` of
+            :func:`~kalmanad.discretize_model`'s DiscreteSSM: the filters (every
+            ``method``) and the smoother use the exact diffuse initialisation,
+            forecasts the exact filter, and simulation starts at ``initial_mean``.
 
     Raises:
         ValueError: a field of the wrong shape (the message names it and the shapes);

@@ -1,6 +1,6 @@
 """Continuous-time front end of the filters: ``LinearSDE`` + observation times → results.
 
-These are the public entry points of design.md §3 (``kalmanad.kalman_filter``,
+These are the public entry points (``kalmanad.kalman_filter``,
 ``log_likelihood``, ``rts_smoother``, ``simulate``, ``forecast``). Each discretises the
 model exactly at the observation times (:func:`kalmanad.discretize.discretize_model`,
 distinct step sizes once) and runs the discrete-time machinery of
@@ -48,7 +48,6 @@ from kalmanad.filter import (
 )
 from kalmanad.filter._common import check_checkpoint
 from kalmanad.filter.smoother import diffuse_smoother_ssm
-from kalmanad.model import _FIELDS as _FIELD_NAMES
 from kalmanad.model import LinearSDE
 from kalmanad.ssm import DiscreteSSM
 
@@ -203,9 +202,10 @@ _SAFE_IDENTITY = {"drift": -1.0, "diffusion": 1.0, "observation_noise": 1.0, "in
 def _guarded(model: LinearSDE, ok) -> LinearSDE:
     """``model`` where ``ok``, a stable identity-noise stand-in elsewhere (per subject)."""
     nb = len(model_batch_shape(model))
-    leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: x is None)
+    keyed, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=lambda x: x is None)
     out = []
-    for name, x in zip(_FIELD_NAMES, leaves, strict=True):
+    for (key, *_), x in keyed:
+        name = key.name
         if x is None:
             out.append(None)
             continue
