@@ -77,7 +77,8 @@ def _simulate(model, times, key, inputs, *, K, sample_shape):
         p = inputs.shape[-1]
         u = jnp.broadcast_to(inputs, (*batch, T, p)).reshape(size, T, p)
     n_draws = math.prod(sample_shape)
-    keys = jax.random.split(key, n_draws * size).reshape(n_draws, size, -1)
+    keys = jax.random.split(key, n_draws * size)
+    keys = keys.reshape((n_draws, size, *keys.shape[1:]))  # (raw uint32 keys: a last axis)
 
     def path(key, t, u):
         return _one_path(model, key, interval_steps(t, u, model.n_inputs, model.dtype), K)
