@@ -12,7 +12,7 @@ from kalmanad.nonlinear import from_linear, nonlinear_filter, nonlinear_log_like
 
 pytest.importorskip("diffrax")
 
-from test_nonlinear_filters import _ctvar, _data, _logistic  # noqa: E402
+from test_nonlinear_filters import _ctvar, _data, _logistic
 
 
 def test_linear_model_gives_the_exact_log_likelihood():
