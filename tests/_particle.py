@@ -10,6 +10,11 @@ systematically at every observation time. The estimate
 
 is the log of an unbiased estimate of the likelihood of the time-discretised model; its
 spread over seeds is the Monte Carlo error, and E[log Ẑ] − log Z ≈ −Var[log Ẑ]/2.
+
+The Euler–Maruyama time discretisation biases the estimate by O(dt) (weak order 1),
+and that bias is not small: on the Van der Pol model of the tests the estimate moves by
+0.35 nats between dt = 0.01 and 0.0025. :func:`particle_reference` therefore runs at dt
+and dt/2 and extrapolates (Richardson): 2 log Ẑ(dt/2) − log Ẑ(dt) removes the O(dt) term.
 """
 
 from __future__ import annotations
@@ -115,3 +120,22 @@ def particle_log_likelihood(
     yy = jnp.asarray(y, model.dtype)
     u = None if inputs is None else jnp.asarray(inputs, model.dtype)
     return np.array([float(_pf(model, t, yy, u, k, n_particles=n_particles, K=K)) for k in keys])
+
+
+def particle_reference(model, times, y, key, *, n_particles: int, dt: float, n_runs: int = 4):
+    """Richardson-extrapolated particle estimate of the log-likelihood and its standard error.
+
+    ``n_runs`` runs at each of dt and dt/2 (independent keys):
+    estimate = 2·mean(log Ẑ(dt/2)) − mean(log Ẑ(dt)), standard error
+    sqrt(4 s²(dt/2) + s²(dt)) / sqrt(n_runs) from the runs' sample variances.
+    """
+    k1, k2 = jax.random.split(key)
+    coarse = particle_log_likelihood(
+        model, times, y, k1, n_particles=n_particles, dt=dt, n_runs=n_runs
+    )
+    fine = particle_log_likelihood(
+        model, times, y, k2, n_particles=n_particles, dt=dt / 2, n_runs=n_runs
+    )
+    estimate = 2.0 * fine.mean() - coarse.mean()
+    se = np.sqrt((4.0 * fine.var(ddof=1) + coarse.var(ddof=1)) / n_runs)
+    return float(estimate), float(se)

@@ -56,8 +56,8 @@ def _data(rng, T, m, p):
     ("which", "max_dt", "method"),
     [
         ("ou", 100.0, "ekf"),  # one sub-step per interval
-        ("ou", 0.25, "ukf"),
-        ("ctvar", 100.0, "ekf"),
+        pytest.param("ou", 0.25, "ukf", marks=pytest.mark.slow),
+        pytest.param("ctvar", 100.0, "ekf", marks=pytest.mark.slow),
         ("ctvar", 0.25, "ekf"),  # several sub-steps per interval
         ("ctvar", 0.25, "ukf"),
     ],

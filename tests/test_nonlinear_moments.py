@@ -24,6 +24,7 @@ def test_linear_model_gives_the_exact_log_likelihood():
     assert abs(float(res) / float(ref) - 1.0) <= 1e-9
 
 
+@pytest.mark.slow
 def test_ekf_sub_steps_converge_to_the_moment_odes():
     model = _logistic(sigma=0.2)
     times = np.linspace(0.0, 6.0, 13)
