@@ -79,6 +79,7 @@ def test_linear_models_give_the_exact_log_likelihood(which, max_dt, method):
     assert res.pointwise_log_likelihood[7] == 0.0  # a fully missing row contributes nothing
 
 
+@pytest.mark.slow  # (about 30 s of compilation; test_nonlinear_numpyro checks gradients by default)
 def test_gradient_matches_the_exact_linear_gradient():
     rng = np.random.default_rng(1)
     lin = _ctvar()
@@ -139,6 +140,7 @@ def test_panel_by_vmap_and_jit_match_single_subjects():
         np.testing.assert_allclose(batched[s], ll(rs[s], y[s]), rtol=1e-12)
 
 
+@pytest.mark.slow  # (the default-run twin is in test_nonlinear_numpyro)
 def test_invalid_parameters_give_minus_inf_with_finite_gradients():
     model = _logistic()
     times = np.linspace(0.0, 5.0, 11)
@@ -204,3 +206,20 @@ def test_as_linear_and_auto_route_to_the_exact_filter():
     )
     with pytest.raises(ValueError, match="diffuse"):
         from_linear(lin.replace(initial_state="diffuse"))
+
+
+def test_float32_model_runs_in_float32():
+    m64 = _logistic()
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    m32 = m64.replace(
+        params=jax.tree.map(f32, m64.params),
+        initial_mean=f32(m64.initial_mean),
+        initial_cov=f32(m64.initial_cov),
+        observation_noise=f32(m64.observation_noise),
+    )
+    t = np.linspace(0.0, 10.0, 21)
+    y = np.linspace(1.0, 4.0, 21)[:, None]
+    ll64 = nonlinear_log_likelihood(m64, t, y)
+    ll32 = nonlinear_log_likelihood(m32, t.astype(np.float32), y.astype(np.float32))
+    assert ll32.dtype == jnp.float32
+    np.testing.assert_allclose(ll32, ll64, rtol=1e-5)
