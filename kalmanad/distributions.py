@@ -16,6 +16,11 @@ missing observations and drop out), ``sample`` simulates exactly through the
 discretisation, and :meth:`LinearSDEDistribution.pointwise_log_prob` gives the
 one-step-ahead predictive log-density of each observation time, which is what
 ArviZ's LOO/WAIC need.
+
+:class:`NonlinearSDEDistribution` is the same for a
+:class:`~kalmanad.nonlinear.NonlinearSDE`: ``log_prob`` is the approximate
+log-likelihood of a continuous-discrete Gaussian filter (:mod:`kalmanad.nonlinear`) and
+``sample`` draws by Euler–Maruyama.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ from kalmanad._validation import deferred_value_errors
 from kalmanad.filter import METHODS
 from kalmanad.filter._common import check_checkpoint
 from kalmanad.model import LinearSDE
+from kalmanad.nonlinear import NonlinearSDE, nonlinear_filter, simulate_nonlinear
+from kalmanad.nonlinear.api import METHODS as NONLINEAR_METHODS
+from kalmanad.nonlinear.api import _options as _nonlinear_options
+from kalmanad.nonlinear.linearise import n_substeps as _substep_count
 from kalmanad.scale import sharded_log_likelihood
 from kalmanad.statespace import (
     discretize_observed,
@@ -39,7 +48,7 @@ from kalmanad.statespace import (
     simulate,
 )
 
-__all__ = ["LinearSDEDistribution"]
+__all__ = ["LinearSDEDistribution", "NonlinearSDEDistribution"]
 
 
 class LinearSDEDistribution(Distribution):
@@ -205,4 +214,138 @@ class LinearSDEDistribution(Distribution):
         return (
             jnp.einsum("...mn,...n->...m", ssm.observation, res.predicted_mean)
             + ssm.observation_offset
+        )
+
+
+class NonlinearSDEDistribution(Distribution):
+    """Distribution of the observations ``y (T, m)`` of a
+    :class:`~kalmanad.nonlinear.NonlinearSDE`, for NumPyro models::
+
+        def model(times, y=None):
+            r = numpyro.sample("r", dist.LogNormal(0.0, 0.5))
+            sigma = numpyro.sample("sigma", dist.HalfNormal(0.2))
+            sde = NonlinearSDE(drift=logistic, diffusion=multiplicative, observation=identity,
+                               observation_noise=[[0.04]], initial_mean=[1.0],
+                               initial_cov=[[0.1]], params={"r": r, "sigma": sigma})
+            numpyro.sample("y", NonlinearSDEDistribution(sde, times), obs=y)
+
+    Args:
+        model: the model (unbatched: one model shared by the subjects of a panel).
+        times: (..., T) concrete observation times (numpy); leading dims are subjects
+            and become the ``batch_shape``.
+        inputs: optional (..., T, p) inputs.
+        method: ``"ekf"`` (default), ``"ukf"`` or ``"moments"`` (see
+            :func:`kalmanad.nonlinear.nonlinear_filter`).
+        n_substeps: sub-steps per interval; default from ``model.max_dt`` and the times.
+        **options: the method's options (e.g. ``alpha`` for ``"ukf"``, ``rtol`` for
+            ``"moments"``).
+
+    ``log_prob(value)`` (value (..., T, m), NaN missing) is the filter's approximate
+    log-likelihood (see the guide page "Nonlinear SDEs" for its accuracy); ``-inf``
+    with finite gradients for invalid parameter values (a non-finite parameter, an
+    indefinite R or P0, an innovation covariance that is not positive-definite).
+    ``sample`` draws by Euler–Maruyama with sub-steps of at most ``model.max_dt``.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.independent(constraints.real, 2)
+    pytree_data_fields = ("model", "times", "inputs")
+    pytree_aux_fields = ("method", "n_substeps", "options")
+
+    def __init__(
+        self,
+        model: NonlinearSDE,
+        times,
+        inputs=None,
+        method: str = "ekf",
+        *,
+        n_substeps: int | None = None,
+        validate_args=None,
+        **options,
+    ):
+        if not isinstance(model, NonlinearSDE):
+            raise TypeError(
+                f"model must be a kalmanad.nonlinear.NonlinearSDE, got {type(model).__name__}"
+            )
+        if method not in NONLINEAR_METHODS or method == "auto":
+            allowed = tuple(m for m in NONLINEAR_METHODS if m != "auto")
+            raise ValueError(f"method must be one of {allowed}, got {method!r}")
+        times = times if isinstance(times, jax.Array) else np.asarray(times)
+        if times.ndim < 1:
+            raise ValueError(f"times must have shape (..., T), got shape {times.shape}")
+        if inputs is not None:
+            inputs = inputs if isinstance(inputs, jax.Array) else np.asarray(inputs)
+            if inputs.ndim < 2 or inputs.shape[-2] != times.shape[-1]:
+                raise ValueError(
+                    f"inputs must have shape (..., T, p) with T={times.shape[-1]} from times, "
+                    f"got shape {inputs.shape}"
+                )
+        self.model, self.times, self.inputs, self.method = model, times, inputs, method
+        self.n_substeps = _substep_count(times, model.max_dt, n_substeps)
+        self.options = _nonlinear_options(method, options)
+        shapes = [times.shape[:-1]] + ([] if inputs is None else [inputs.shape[:-2]])
+        super().__init__(
+            batch_shape=jax.lax.broadcast_shapes(*shapes),
+            event_shape=(times.shape[-1], model.n_obs),
+            validate_args=validate_args,
+        )
+        if validate_args:
+            model.check_values()
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, params):
+        (model, times, inputs), (method, n_substeps, options) = params, aux_data
+        obj = cls.__new__(cls)
+        obj.model, obj.times, obj.inputs, obj.method = model, times, inputs, method
+        obj.n_substeps, obj.options = n_substeps, options
+        shapes = [np.shape(times)[:-1]] + ([] if inputs is None else [np.shape(inputs)[:-2]])
+        Distribution.__init__(
+            obj,
+            batch_shape=jax.lax.broadcast_shapes(*shapes),
+            event_shape=(np.shape(times)[-1], model.n_obs),
+        )
+        return obj
+
+    def tree_flatten(self):
+        return (self.model, self.times, self.inputs), (self.method, self.n_substeps, self.options)
+
+    def _filter(self, value):
+        value = jnp.asarray(value)
+        if value.shape[-2:] != self.event_shape:
+            raise ValueError(
+                f"value must have shape (..., {self.event_shape[0]}, {self.event_shape[1]}) "
+                f"(T from times, m from the model's observation function), got {value.shape}"
+            )
+        return nonlinear_filter(
+            self.model,
+            self.times,
+            value,
+            self.inputs,
+            method=self.method,
+            n_substeps=self.n_substeps,
+            **dict(self.options),
+        )
+
+    def log_prob(self, value):
+        """Approximate log-likelihood of ``value`` (..., T, m); shape ``batch_shape``."""
+        with deferred_value_errors():
+            return self._filter(value).log_likelihood
+
+    def pointwise_log_prob(self, value):
+        """One-step-ahead predictive log-density of each time point: shape (..., T)."""
+        with deferred_value_errors():
+            return self._filter(value).pointwise_log_likelihood
+
+    def sample(self, key, sample_shape=()):
+        """Euler–Maruyama draws: shape ``sample_shape + batch_shape + (T, m)``."""
+        sim = simulate_nonlinear(
+            self.model,
+            self.times,
+            key,
+            inputs=self.inputs,
+            sample_shape=sample_shape,
+            n_substeps=self.n_substeps,
+        )
+        return jnp.broadcast_to(
+            sim.observations, tuple(sample_shape) + tuple(self.batch_shape) + self.event_shape
         )
