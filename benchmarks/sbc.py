@@ -590,7 +590,7 @@ def _write(stem: Path, payload: dict, lines: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=MODELS, default=["ou"])
+    p.add_argument("--models", "--model", nargs="+", choices=MODELS, default=["ou"])
     p.add_argument("--replicates", type=int, default=2000)
     p.add_argument("--batch", type=int, default=250, help="replicates per compiled run")
     p.add_argument("--draws", type=int, default=99, help="thinned posterior draws per fit")

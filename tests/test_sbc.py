@@ -168,3 +168,13 @@ def test_simulation_based_calibration_ou():
         counts = sbc.rank_bins(res["ranks"][:, j], 19, 5)
         assert sbc.chisquare_pvalue(counts) > 1e-3, (k, counts)
     assert np.median(res["ess"]) > 10
+
+
+def test_cli_rejects_a_design_it_cannot_bin(capsys):
+    with pytest.raises(SystemExit) as e:
+        sbc.main(["--models", "ou", "--draws", "98", "--bins", "5"])
+    assert e.value.code == 2
+    assert "--draws + 1 must be a multiple of --bins" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sbc.main(["--models", "ou", "--batch", "0"])
+    assert "--batch must be at least 1" in capsys.readouterr().err
