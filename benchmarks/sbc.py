@@ -20,7 +20,11 @@ windowed diagonal mass matrix, each replicate its own), then ``L * --thin`` step
 every ``--thin``-th. A replicate's key is ``fold_in(seed, replicate)``, so its result
 does not depend on the batch size. Under ``vmap`` a NUTS step costs the deepest tree in
 the batch; what the batch buys is one dispatch of the Kalman filter's scan for all
-replicates instead of one each.
+replicates instead of one each. That pays most where one replicate's likelihood is
+cheap (the one-state OU models); for ``ctvar3`` the matrix exponentials of its two-state
+drift dominate and a batch costs about as much per replicate as one fit.
+``--time-limit S`` starts no batch after S seconds of sampling, so an expensive model
+reports the first replicates that fitted in that time, with the power of that count.
 
 SBC needs nearly independent draws (autocorrelated draws give ∪-shaped rank histograms
 with a calibrated posterior): the script records each replicate's bulk ESS of the L
@@ -41,7 +45,7 @@ Models:
 Power. The script also states the power of this design to detect a posterior whose
 scale is off by 10% (draws from N(m, (1.1 s)²) or N(m, (0.9 s)²) where the exact
 posterior is N(m, s²)), found by simulating the rank statistic itself under that
-Gaussian model of the error: ``--power-sims`` sets of ``--replicates`` ranks, each
+Gaussian model of the error: ``--power-sims`` sets of as many ranks as replicates ran, each
 tested as above; the power is the fraction rejected (and at a scale of 1.0 it must be
 close to ``--alpha``).
 
@@ -60,6 +64,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -429,11 +434,15 @@ def _design(model: str, seed: int, replicates: int):
 
 
 def run_sbc(
-    model, replicates, *, batch, draws, thin, warmup, seed, log=None, time_limit=None
+    model, replicates, *, batch, draws, thin, warmup, seed, log=None, time_limit=None, first=None
 ) -> dict:
-    """SBC of ``model``: ranks, ESS and sampler diagnostics of ``replicates`` replicates
-    (fewer if ``time_limit`` seconds of sampling ran out: see ``run_batched``)."""
+    """SBC of ``model``: ranks, ESS and sampler diagnostics of ``replicates`` replicates,
+    or of their first ``first``, or fewer if ``time_limit`` seconds of sampling ran out
+    (see ``run_batched``). Replicate r's data and key depend on ``seed`` and r only, so
+    a run cut short is reproduced by ``first`` = the replicates it did."""
     fn, names, times, sims = _design(model, seed, replicates)
+    if first is not None:
+        sims = {k: v[:first] for k, v in sims.items()}
     run = batched_nuts(fn, times, sims["y"][0], names, warmup=warmup, draws=draws, thin=thin)
     out, compile_s, sample_s = run_batched(run, sims["y"], seed + 1, batch, log, time_limit)
     done = len(out["divergences"])
@@ -484,8 +493,8 @@ def _versions() -> dict:
     return {"jax": jax.__version__, "numpyro": numpyro.__version__, "numpy": np.__version__}
 
 
-def summarise(model: str, res: dict, args, pw: dict) -> tuple[dict, list[str]]:
-    """The JSON payload and the markdown lines of one model's SBC result."""
+def summarise(model: str, res: dict, args, pw: dict) -> dict:
+    """The JSON payload of one model's SBC result (``markdown`` renders it)."""
     names, diag = res["names"], res["diagnostics"]
     rows = []
     for j, name in enumerate(names):
@@ -501,9 +510,8 @@ def summarise(model: str, res: dict, args, pw: dict) -> tuple[dict, list[str]]:
                 "ess_median": float(np.median(ess)),
             }
         )
-    wall = res["wall_s"]
     n = len(res["ranks"])
-    payload = {
+    return {
         "model": model,
         "replicates": n,
         "replicates_requested": res["requested"],
@@ -524,57 +532,70 @@ def summarise(model: str, res: dict, args, pw: dict) -> tuple[dict, list[str]]:
         "mean_accept_prob": float(diag["accept_prob"].mean()),
         "compile_s": res["compile_s"],
         "sample_s": res["sample_s"],
-        "wall_s": wall,
+        "wall_s": res["wall_s"],
         "s_per_replicate": res["sample_s"] / n,
+        "load_average": res.get("load_average"),
         "versions": _versions(),
         "parameters": rows,
+        "power_sims": args.power_sims,
         "power_scale_error": pw,
         "ranks": res["ranks"].tolist(),
     }
-    family = 1 - (1 - args.alpha) ** len(names)
+
+
+def markdown(r: dict) -> list[str]:
+    """The markdown lines of an SBC result (the JSON payload of ``summarise``)."""
+    n, asked, pw = r["replicates"], r["replicates_requested"], r["power_scale_error"]
     cmd = (
-        f"python benchmarks/sbc.py --models {model} --replicates {n} --batch {args.batch} "
-        f"--draws {args.draws} --thin {args.thin} --warmup {args.warmup} --bins {args.bins} "
-        f"--seed {args.seed}"
+        f"python benchmarks/sbc.py --models {r['model']} --replicates {asked}"
+        + (f" --first {n}" if n < asked else "")
+        + f" --batch {r['batch']} --draws {r['draws']} --thin {r['thin']} "
+        f"--warmup {r['warmup']} --bins {r['bins']} --alpha {r['alpha']} --seed {r['seed']}"
     )
+    limit = r["time_limit_s"]
     cut = (
-        f" (the first {n} of {res['requested']} asked for: the time limit of "
-        f"{args.time_limit:.0f} s of sampling ran out)"
-        if n < res["requested"]
+        f" (the first {n} of the {asked} drawn"
+        + (f", as many as fitted in `--time-limit {limit:.0f}` s of sampling)" if limit else ")")
+        if n < asked
         else ""
     )
-    lines = [
-        f"# SBC: {model}",
+    load = (
+        f", load average {r['load_average']:.1f} at the start on a shared 2-core machine"
+        if r.get("load_average") is not None
+        else ""
+    )
+    family = 1 - (1 - r["alpha"]) ** len(r["parameters"])
+    return [
+        f"# SBC: {r['model']}",
         "",
-        f"`{cmd}`: {n} replicates{cut}, each NUTS with {args.warmup} warm-up steps and "
-        f"{args.draws} draws kept (every {args.thin}th of {args.draws * args.thin}); the "
-        f"rank of each true value among the {args.draws} draws in {args.bins} bins, "
-        f"chi-square test at α = {args.alpha} per parameter. Wall time {wall:.0f} s "
-        f"({res['compile_s']:.0f} s compiling, {res['sample_s'] / n:.2f} s per replicate, "
-        f"{args.batch} replicates per batch, one CPU thread); "
-        f"{payload['divergences']} divergent transitions after warm-up "
-        f"(in {payload['replicates_with_divergences']} replicates), "
-        f"{payload['max_tree_depth_hits']} kept steps at the maximum tree depth; "
-        f"jax {payload['versions']['jax']}, numpyro {payload['versions']['numpyro']}.",
+        f"`{cmd}`: {n} replicates{cut}, each NUTS with {r['warmup']} warm-up steps and "
+        f"{r['draws']} draws kept (one every {r['thin']} of {r['draws'] * r['thin']} steps); the "
+        f"rank of each true value among the {r['draws']} draws in {r['bins']} bins, "
+        f"chi-square test at α = {r['alpha']} per parameter. Wall time {r['wall_s']:.0f} s "
+        f"({r['compile_s']:.0f} s compiling, {r['s_per_replicate']:.2f} s per replicate, "
+        f"{r['batch']} replicates per batch, one CPU thread{load}); "
+        f"{r['divergences']} divergent transitions after warm-up "
+        f"(in {r['replicates_with_divergences']} replicates), "
+        f"{r['max_tree_depth_hits']} kept steps at the maximum tree depth; "
+        f"jax {r['versions']['jax']}, numpyro {r['versions']['numpyro']}.",
         "",
         "| parameter | rank counts per bin | p-value | min ESS | 1% ESS | median ESS |",
         "|---|---|---|---|---|---|",
         *(
-            f"| {r['parameter']} | {' '.join(map(str, r['counts']))} | {r['p']:.3g} "
-            f"| {r['ess_min']:.0f} | {r['ess_q01']:.0f} | {r['ess_median']:.0f} |"
-            for r in rows
+            f"| {p['parameter']} | {' '.join(map(str, p['counts']))} | {p['p']:.3g} "
+            f"| {p['ess_min']:.0f} | {p['ess_q01']:.0f} | {p['ess_median']:.0f} |"
+            for p in r["parameters"]
         ),
         "",
-        f"ESS: bulk effective sample size of a replicate's {args.draws} kept draws; the "
+        f"ESS: bulk effective sample size of a replicate's {r['draws']} kept draws; the "
         f"smallest, the 1% quantile and the median over the replicates.",
         "",
-        f"Power of this design (simulated, {args.power_sims} sets of {n} replicates, "
+        f"Power of this design (simulated, {r['power_sims']} sets of {n} replicates, "
         f"Gaussian posterior): a posterior sd 10% too small is detected in {pw['0.9']:.0%} "
         f"and 10% too large in {pw['1.1']:.0%} of SBC runs per parameter; a calibrated one "
-        f"is rejected in {pw['1.0']:.1%} (nominal {args.alpha:.0%}; for {len(names)} "
-        f"parameters at least one in {family:.0%}).",
+        f"is rejected in {pw['1.0']:.1%} (nominal {r['alpha']:.0%}; for "
+        f"{len(r['parameters'])} parameters at least one in {family:.0%}).",
     ]
-    return payload, lines
 
 
 def _write(stem: Path, payload: dict, lines: list[str]) -> None:
@@ -608,6 +629,13 @@ def main(argv=None) -> int:
         help="compare N replicates batched and with MCMC.run; write nothing",
     )
     p.add_argument(
+        "--first",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fit only the first N of the --replicates drawn (reproduces a cut run)",
+    )
+    p.add_argument(
         "--time-limit",
         type=float,
         default=None,
@@ -621,6 +649,8 @@ def main(argv=None) -> int:
     for name in ("replicates", "batch", "draws", "thin", "warmup"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.first is not None and not 1 <= args.first <= args.replicates:
+        p.error(f"--first must lie in 1..--replicates ({args.replicates}), got {args.first}")
 
     import jax
 
@@ -637,18 +667,22 @@ def main(argv=None) -> int:
     for model in args.models:
         print(f"{model}: {args.replicates} replicates", flush=True)
         t0 = time.perf_counter()
+        load = os.getloadavg()[0]
         res = run_sbc(
             model,
             args.replicates,
             log=lambda s: print(s, flush=True),
             time_limit=args.time_limit,
+            first=args.first,
             **settings,
         )
         # The power of the design actually run (the replicates done).
         res["wall_s"] = time.perf_counter() - t0  # prior draws, compiling, sampling, ESS
+        res["load_average"] = load
         design = (len(res["ranks"]), args.draws, args.bins, args.alpha)
         pw = {str(s): power(s, *design, sims=args.power_sims) for s in (0.9, 1.0, 1.1)}
-        payload, lines = summarise(model, res, args, pw)
+        payload = summarise(model, res, args, pw)
+        lines = markdown(payload)
         _write(args.out / f"sbc_{model}", payload, lines)
         print("\n".join(lines), flush=True)
         worst = min([worst, *(r["p"] for r in payload["parameters"])])

@@ -178,3 +178,36 @@ def test_cli_rejects_a_design_it_cannot_bin(capsys):
     with pytest.raises(SystemExit):
         sbc.main(["--models", "ou", "--batch", "0"])
     assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_a_cut_run_is_reported_with_the_command_that_reproduces_it():
+    row = {"parameter": "theta", "counts": [1, 1, 1, 1, 1], "p": 1.0}
+    row.update(ess_min=50.0, ess_q01=60.0, ess_median=90.0)
+    payload = {
+        "model": "ou",
+        "replicates": 40,
+        "replicates_requested": 2000,
+        "time_limit_s": 600.0,
+        "batch": 8,
+        "draws": 99,
+        "thin": 5,
+        "warmup": 300,
+        "bins": 5,
+        "alpha": 0.01,
+        "seed": 0,
+        "divergences": 0,
+        "replicates_with_divergences": 0,
+        "max_tree_depth_hits": 0,
+        "compile_s": 10.0,
+        "wall_s": 100.0,
+        "s_per_replicate": 2.0,
+        "load_average": 3.0,
+        "versions": {"jax": "x", "numpyro": "y"},
+        "parameters": [row],
+        "power_sims": 10,
+        "power_scale_error": {"0.9": 0.1, "1.0": 0.01, "1.1": 0.1},
+    }
+    text = "\n".join(sbc.markdown(payload))
+    assert "--replicates 2000 --first 40 --batch 8" in text
+    assert "the first 40 of the 2000 drawn" in text and "--time-limit 600" in text
+    assert "| theta | 1 1 1 1 1 | 1 | 50 | 60 | 90 |" in text
