@@ -438,8 +438,9 @@ def run_sbc(
 ) -> dict:
     """SBC of ``model``: ranks, ESS and sampler diagnostics of ``replicates`` replicates,
     or of their first ``first``, or fewer if ``time_limit`` seconds of sampling ran out
-    (see ``run_batched``). Replicate r's data and key depend on ``seed`` and r only, so
-    a run cut short is reproduced by ``first`` = the replicates it did."""
+    (see ``run_batched``). Given ``replicates`` and ``seed``, replicate r's data and key
+    are fixed (not the batch size or the time), so ``first`` = the replicates a cut run
+    did reproduces it."""
     fn, names, times, sims = _design(model, seed, replicates)
     if first is not None:
         sims = {k: v[:first] for k, v in sims.items()}
