@@ -1,20 +1,17 @@
-"""NUTS on the zoo: every spec fits, parameters are recovered, OU is calibrated.
+"""NUTS on the zoo: every spec fits and parameters are recovered.
 
-All slow (each NUTS run compiles for a minute or more on CPU): ``pytest -m slow``.
+All slow (each NUTS run compiles for a minute or more on CPU): ``pytest -m slow``. The
+simulation-based calibration of the OU model is in ``tests/test_sbc.py`` (its model is
+``benchmarks/sbc.py``'s).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
-from numpyro.infer import MCMC, NUTS
 
-from kalmanad import LinearSDE, simulate
-from kalmanad.distributions import LinearSDEDistribution
+from kalmanad import simulate
 from kalmanad.inference import fit_nuts
 from kalmanad.spec import list_models, load_model
 
@@ -139,52 +136,3 @@ def test_no_divergences_on_real_data():
     """The Nile (local level) with default priors: no divergent transitions."""
     idata = _fit(load_model("local_level"), warmup=400, draws=400, chains=2, seed=2)
     assert int(idata.sample_stats["diverging"].values.sum()) == 0
-
-
-def _ou_sbc_model(times, y=None):
-    theta = numpyro.sample("theta", dist.LogNormal(0.0, 0.5))
-    sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 0.5))
-    noise = numpyro.sample("noise", dist.LogNormal(-1.0, 0.3))
-    m = LinearSDE(
-        drift=-theta * jnp.eye(1),
-        diffusion=2 * theta * sigma**2 * jnp.eye(1),
-        observation=jnp.eye(1),
-        observation_noise=noise**2 * jnp.eye(1),
-    )
-    return numpyro.sample("y", LinearSDEDistribution(m, times), obs=y)
-
-
-def test_simulation_based_calibration_ou():
-    """Talts et al. (2018): the rank of the true value among posterior draws is uniform.
-
-    40 data sets drawn from the prior predictive (T = 40 irregular times); for each,
-    NUTS with 19 thinned draws gives a rank in 0..19. The ranks of each parameter are
-    binned into 5 bins and tested with a chi-square test (a calibrated sampler fails
-    one of the three at the 0.1% level with probability 0.3%).
-    """
-    import scipy.stats
-
-    rng = np.random.default_rng(0)
-    times = np.cumsum(rng.exponential(0.5, 40))
-    n_rep, n_keep, thin = 40, 19, 5
-    # One compiled sampler for all replications: the data are a traced argument.
-    mcmc = MCMC(
-        NUTS(_ou_sbc_model),
-        num_warmup=200,
-        num_samples=n_keep * thin,
-        thinning=thin,
-        progress_bar=False,
-        jit_model_args=True,
-    )
-    prior = numpyro.infer.Predictive(_ou_sbc_model, num_samples=n_rep)
-    sims = prior(jax.random.PRNGKey(1), times)
-    ranks = {k: [] for k in ("theta", "sigma", "noise")}
-    for r in range(n_rep):
-        mcmc.run(jax.random.PRNGKey(100 + r), times, y=sims["y"][r])
-        post = mcmc.get_samples()
-        for k in ranks:
-            ranks[k].append(int(np.sum(np.asarray(post[k]) < float(sims[k][r]))))
-    for k, rk in ranks.items():
-        counts = np.bincount(np.asarray(rk) * 5 // (n_keep + 1), minlength=5)
-        p = scipy.stats.chisquare(counts).pvalue
-        assert p > 1e-3, (k, counts, p)
