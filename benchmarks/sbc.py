@@ -588,8 +588,11 @@ def markdown(r: dict) -> list[str]:
             for p in r["parameters"]
         ),
         "",
-        f"ESS: bulk effective sample size of a replicate's {r['draws']} kept draws; the "
-        f"smallest, the 1% quantile and the median over the replicates.",
+        f"ESS: NumPyro's bulk effective sample size of a replicate's {r['draws']} kept "
+        f"draws; the smallest, the 1% quantile and the median over the replicates. The "
+        f"estimate exceeds {r['draws']} for anti-correlated draws and is negative where the "
+        f"integrated autocorrelation time of so short a chain is estimated below zero "
+        f"(strongly anti-correlated draws); it is not clipped.",
         "",
         f"Power of this design (simulated, {r['power_sims']} sets of {n} replicates, "
         f"Gaussian posterior): a posterior sd 10% too small is detected in {pw['0.9']:.0%} "

@@ -113,7 +113,7 @@ def test_batched_nuts_matches_the_exact_posterior():
     assert np.all((ranks >= 0) & (ranks <= draws))
 
 
-def test_the_uniformity_test_rejects_a_posterior_10_percent_too_wide():
+def test_the_uniformity_test_rejects_a_posterior_20_percent_too_wide():
     """Ranks of the truth among draws from the exact posterior of the conjugate model
     pass the chi-square test; among draws 20% too wide they fail it (2000 replicates,
     fixed seed; exact posteriors, no sampling)."""
