@@ -10,6 +10,7 @@ A *model* here is either a :class:`kalmanad.spec.ModelSpec` (from
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -18,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
-from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import Distribution
 from numpyro.infer import MCMC, NUTS, init_to_median
@@ -289,6 +289,10 @@ class MAPResult(NamedTuple):
             arrays), or None.
         success: whether the optimiser reported convergence.
         message: the optimiser's message.
+        names: the unconstrained coordinates that index ``cov``'s rows and columns, in
+            the order the model samples its sites (a spec's ``[parameters]`` order):
+            a site's name, or ``name[i]`` / ``name[i, j]`` for the entries of a
+            non-scalar site.
     """
 
     params: dict
@@ -298,6 +302,7 @@ class MAPResult(NamedTuple):
     draws: dict | None
     success: bool
     message: str
+    names: tuple = ()
 
 
 def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
@@ -323,6 +328,28 @@ def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
     return 0.5 * (hess + hess.T)
 
 
+def _ravel_in_order(tree: dict, order) -> tuple:
+    """Flatten a dict of arrays in ``order``: ``(flat (k,), unravel, names)``.
+
+    Unlike ``ravel_pytree`` (sorted keys), the coordinates follow the model's order;
+    ``names`` labels each one (``site`` or ``site[i, j]``).
+    """
+    shapes = [tuple(jnp.shape(tree[k])) for k in order]
+    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
+    flat = jnp.concatenate([jnp.ravel(tree[k]) for k in order])
+    bounds = np.cumsum([0, *sizes])
+
+    slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def unravel(x):
+        return {k: x[sl].reshape(s) for k, s, sl in zip(order, shapes, slices, strict=True)}
+
+    names = []
+    for k, s in zip(order, shapes, strict=True):
+        names += [k] if s == () else [f"{k}[{', '.join(map(str, i))}]" for i in np.ndindex(s)]
+    return flat, unravel, tuple(names)
+
+
 class _Mode(NamedTuple):
     """What fit_map's optimisation leaves for its callers (fit_map, fit_nuts' MAP start)."""
 
@@ -333,6 +360,7 @@ class _Mode(NamedTuple):
     value_and_grad: Any  # jitted flat -> (potential energy, gradient)
     cov: np.ndarray | None  # (k, k) Laplace covariance H⁻¹, None if H is not PD
     chol: np.ndarray | None  # (k, k) lower Cholesky factor of H
+    names: tuple  # (k,) names of the flat coordinates, in the model's order
 
 
 def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
@@ -345,7 +373,10 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
         init_strategy=init_to_median(num_samples=15),
     )
     potential_fn, postprocess_fn = init0.potential_fn, init0.postprocess_fn
-    flat0, unravel = ravel_pytree(init0.param_info.z)
+    z0 = init0.param_info.z
+    order = [name for name in init0.model_trace if name in z0]
+    order += [name for name in z0 if name not in order]
+    flat0, unravel, names = _ravel_in_order(z0, order)
     dtype = flat0.dtype
 
     def objective(flat):
@@ -402,7 +433,7 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
                 "(the mode may be on a ridge or the optimiser did not converge)",
                 stacklevel=3,
             )
-    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol)
+    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol, names)
 
 
 def _laplace_draws(found: _Mode, num_draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -432,9 +463,18 @@ def fit_map(
     the unconstrained scale); the best optimum wins. The Laplace approximation is the
     Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
     differences of the exact (already compiled) gradient; its draws are mapped back to
-    the constrained space. With flat priors this is the MLE with its asymptotic
-    covariance. Where a run meets an invalid point (density -inf, e.g. a trial step that
-    makes the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
+    the constrained space. ``cov`` is labelled by ``names`` in the model's order.
+
+    This is not maximum likelihood, even with flat priors: the density maximised is
+    the posterior in the unconstrained space, which includes the log-Jacobian of each
+    transform. With an improper uniform prior on a positive parameter (``exp``
+    transform) the mode moves from the MLE (a normal sd comes out as √(Σy²/(n−1))
+    instead of √(Σy²/n)), and ``cov`` is on the unconstrained scale. For maximum
+    likelihood with standard errors on the natural scale use
+    :func:`kalmanad.mle.fit_mle`.
+
+    Where a run meets an invalid point (density -inf, e.g. a trial step that makes
+    the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
     L-BFGS-B's line search does not recover from an infinite trial value.
     """
     found = _find_mode(
@@ -460,6 +500,7 @@ def fit_map(
         draws=draws,
         success=bool(found.result.success),
         message=str(found.result.message),
+        names=found.names,
     )
 
 

@@ -51,6 +51,23 @@ def test_normal_sd_is_root_mean_square():
     np.testing.assert_allclose(r.bic, r.minus2ll + np.log(n))
 
 
+def test_fit_map_with_a_flat_prior_is_not_the_mle():
+    # The unconstrained-space mode includes the log-Jacobian of exp: √(Σy²/(n−1)).
+    from kalmanad.inference import fit_map
+
+    def model(times, y=None):  # sites sampled out of alphabetical order
+        sd = numpyro.sample("sd", FLAT_POSITIVE)
+        mu = numpyro.sample("mu", FLAT_REAL)
+        numpyro.sample("y", dist.Normal(mu, sd), obs=y)
+
+    y = np.random.default_rng(0).normal(0.0, 2.0, 20)
+    res = fit_map(model, None, y, num_starts=1, num_draws=0)
+    n, ss = y.size, np.sum((y - y.mean()) ** 2)
+    np.testing.assert_allclose(res.params["sd"], np.sqrt(ss / (n - 1)), rtol=1e-5)
+    assert res.names == ("sd", "mu") and res.cov.shape == (2, 2)
+    np.testing.assert_allclose(fit_mle(model, None, y).params["sd"], np.sqrt(ss / n), rtol=1e-9)
+
+
 def test_profile_matches_wald_when_nearly_quadratic():
     y = np.random.default_rng(1).normal(3.0, 1.5, 2000)
     r = fit_mle(normal_model, None, y)
