@@ -412,10 +412,15 @@ def fit_mle(
         level: confidence level of the Wald intervals in the summary.
         agree_tol: starts whose −2LL exceed the best by more than this are reported
             with a warning (different optima).
-        se: compute the observed information and standard errors. With ``se=True`` a
-            singular or indefinite information raises :class:`NotIdentifiedError`
-            naming the parameters involved; ``err.result`` holds the estimates.
+        se: check the observed information and invert it for standard errors: a
+            singular or indefinite one raises :class:`NotIdentifiedError` naming the
+            parameters involved (``err.result`` holds the estimates). With
+            ``se=False`` the Hessian is still computed (``result.hessian``), neither
+            checked nor inverted.
         model_kwargs: passed to the model (``subject=``, ``covariates=``, ...).
+
+    Warns when starts reach different optima, and when the estimate of a bounded
+    parameter is on the edge of its support (the Newton step points outside it).
 
     Returns:
         :class:`MLEResult`: estimates in the model's parameter order, −2LL, AIC =
@@ -442,6 +447,7 @@ def fit_mle(
     theta = np.asarray(problem.to_natural(jnp.asarray(res.x, problem.dtype)), np.float64)
     theta, loglik, grad, hess = _newton_polish(problem, derivatives, theta)
     _warn_disagreement(runs, best_index, 2.0 * res.fun, agree_tol)
+    _warn_boundary(problem, theta, grad, hess)
     result = MLEResult(
         names=tuple(problem.names),
         shapes={p.name: p.shape for p in problem.params},
@@ -480,6 +486,39 @@ def _warn_disagreement(runs, best_index, best_m2ll, tol) -> None:
             f"starts reached different optima: the best (start {best_index}) has "
             f"-2LL = {best_m2ll:.4f}, others {listed}; the best is reported (see "
             "result.starts; give start values near the expected solution to check)",
+            stacklevel=3,
+        )
+
+
+def _support_bounds(param) -> tuple:
+    """(lower, upper) of a parameter's support (None where unbounded)."""
+    support = param.transform.codomain
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
+
+
+def _warn_boundary(problem, theta, grad, hess) -> None:
+    """Warn where ℓ still rises towards the edge of a bounded parameter's support.
+
+    At an interior maximum the score ∂ℓ/∂θⱼ vanishes (after the Newton polish, to
+    ~1e-8 of its scale √|∂²ℓ/∂θⱼ²|); a clearly non-zero score pointing out of the
+    support means the maximum is on the boundary (e.g. a variance at 0).
+    """
+    edge = []
+    for p in problem.params:
+        lower, upper = _support_bounds(p)
+        for i in range(p.start.start, p.start.stop):
+            scale = math.sqrt(abs(hess[i, i])) or 1.0
+            z = grad[i] / scale
+            if (lower is not None and z < -1e-3) or (upper is not None and z > 1e-3):
+                edge.append(f"{problem.names[i]} = {theta[i]:.3g}")
+    if edge:
+        warnings.warn(
+            f"the log-likelihood still increases towards the edge of the support of "
+            f"{', '.join(edge)}: the maximum is on the boundary (e.g. a variance of 0); "
+            "Wald standard errors and intervals do not hold there (profile intervals do; "
+            "or fix the parameter)",
             stacklevel=3,
         )
 

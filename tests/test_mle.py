@@ -98,6 +98,17 @@ def test_not_identified_names_the_parameters():
     assert set(err.value.directions[0]) == {"a", "b"}
 
 
+def test_an_estimate_on_the_boundary_warns():
+    # z ~ N(0, v + 1) with |z| < 1: ℓ decreases in v on [0, ∞), so v̂ = 0.
+    def model(times, y=None):
+        v = numpyro.sample("v", FLAT_POSITIVE)
+        numpyro.sample("y", dist.Normal(0.0, jnp.sqrt(v + 1.0)), obs=y)
+
+    with pytest.warns(UserWarning, match="edge of the support of v"):
+        r = fit_mle(model, None, np.array([0.5, -0.3]), num_starts=1, se=False)
+    assert r.params["v"] < 1e-4
+
+
 def test_starts_that_disagree_warn():
     # ℓ(θ) = -(θ² - 1)²/2 - (θ + 5)²/200: local maxima near θ = -1 (best) and θ = +1.
     def model(times, y=None):
