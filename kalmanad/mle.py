@@ -22,8 +22,11 @@ sites, in the order the model samples them (a spec's ``[parameters]`` order).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +66,7 @@ class _Problem:
     loglik: Any  # natural flat θ -> ℓ(θ) (not jitted; composed by callers)
     n_obs: int
     names: list = field(default_factory=list)
+    derivatives: Any = None  # jitted: natural flat θ -> (ℓ, ∇ℓ, ∇²ℓ)
 
     def unravel(self, flat) -> dict:
         return {p.name: flat[p.start].reshape(p.shape) for p in self.params}
@@ -186,7 +190,58 @@ def _build_problem(fn, times, kw) -> tuple[_Problem, dict, dict]:
         return -loglik(problem.to_natural(u))
 
     problem.value_and_grad = jax.jit(jax.value_and_grad(objective))
+    problem.derivatives = _derivatives_fn(loglik)
     return problem, medians, moderate
+
+
+# The compiled problems of recent fits, keyed by the model function, the float type and
+# a digest of the data: fitting the same model to the same data again (a warm call,
+# other starts) reuses the compiled gradient and Hessian instead of compiling anew.
+_PROBLEMS: OrderedDict = OrderedDict()
+_PROBLEMS_KEPT = 4
+
+
+def _digest(x, h) -> bool:
+    """Feed ``x`` (data: arrays, numbers, strings, mappings, sequences) into the hash
+    ``h``; False for anything else (a traced array, an object): then nothing is cached."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        h.update(f"{type(x).__name__}:{x!r};".encode())
+        return True
+    if isinstance(x, Mapping):
+        return all(h.update(f"{k!r}=".encode()) or _digest(x[k], h) for k in sorted(x, key=repr))
+    if isinstance(x, (list, tuple)):
+        h.update(f"seq{len(x)}".encode())
+        return all(_digest(v, h) for v in x)
+    if isinstance(x, (np.ndarray, np.generic)) or (
+        isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+    ):
+        a = np.asarray(x)
+        if a.dtype == object:
+            return False
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        return True
+    return False
+
+
+def _problem_for(fn, times, kw) -> tuple:
+    """:func:`_build_problem`, reusing a recent one built for the same model and data."""
+    h = hashlib.sha256()
+    try:
+        key = (fn, str(jnp.result_type(float)), hash(fn))
+    except TypeError:
+        key = None
+    if key is not None and _digest(times, h) and _digest(kw, h):
+        key = (*key, h.hexdigest())
+        if key in _PROBLEMS:
+            _PROBLEMS.move_to_end(key)
+            return _PROBLEMS[key]
+        built = _build_problem(fn, times, kw)
+        _PROBLEMS[key] = built
+        while len(_PROBLEMS) > _PROBLEMS_KEPT:
+            _PROBLEMS.popitem(last=False)
+        return built
+    return _build_problem(fn, times, kw)
 
 
 # ----------------------------------------------------------------------------- starts
@@ -429,7 +484,7 @@ def fit_mle(
     """
     fn = _model_fn(model)
     kw = _model_kwargs(y, inputs, model_kwargs)
-    problem, medians, moderate = _build_problem(fn, times, kw)
+    problem, medians, moderate = _problem_for(fn, times, kw)
     starts = _starts(problem, start, medians, moderate, max(1, int(num_starts)), seed)
     runs, best = [], None
     for u0 in starts:
@@ -443,7 +498,7 @@ def fit_mle(
             "stationary start): give start values with start={name: value, ...}"
         )
     res, best_index = best
-    derivatives = _derivatives_fn(problem.loglik)
+    derivatives = problem.derivatives
     theta = np.asarray(problem.to_natural(jnp.asarray(res.x, problem.dtype)), np.float64)
     theta, loglik, grad, hess = _newton_polish(problem, derivatives, theta)
     _warn_disagreement(runs, best_index, 2.0 * res.fun, agree_tol)

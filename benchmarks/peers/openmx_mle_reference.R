@@ -10,7 +10,9 @@
 #   integrates the process noise as int e^{A's} Q e^{As} ds, exact only for symmetric A),
 #   Q = diag(q1, q2);  y = x + d + e,  e ~ N(0, diag(r1, r2));  x(0) ~ N(0, I).
 # Writes OUT.csv (name,value): the estimates, their standard errors (se_<name>, from
-# OpenMx's Hessian), -2 log-likelihood, status code and the OpenMx version.
+# OpenMx's Hessian), -2 log-likelihood, status code, the seconds of the first mxRun,
+# a second mxRun of the same model (warm) and mxTryHard (for benchmarks/bench_ml.py),
+# and the OpenMx version.
 args <- commandArgs(trailingOnly = TRUE)
 if (length(args) != 2) stop("usage: openmx_mle_reference.R DATA.csv OUT.csv")
 suppressPackageStartupMessages(library(OpenMx))
@@ -41,15 +43,19 @@ subjects <- lapply(ids, function(i) {
           mxFitFunctionML())
 })
 panel <- mxModel("panel", subjects, mxFitFunctionMultigroup(paste0("s", ids)))
-fit <- mxRun(panel, silent = TRUE, suppressWarnings = TRUE)
-fit <- mxTryHard(fit, silent = TRUE, extraTries = 5)  # polish from several perturbed starts
+t_first <- system.time(fit <- mxRun(panel, silent = TRUE, suppressWarnings = TRUE))[["elapsed"]]
+t_warm <- system.time(mxRun(panel, silent = TRUE, suppressWarnings = TRUE))[["elapsed"]]
+first_minus2ll <- fit$output$Minus2LogLikelihood
+# polish from several perturbed starts
+t_tryhard <- system.time(fit <- mxTryHard(fit, silent = TRUE, extraTries = 5))[["elapsed"]]
 
 est <- omxGetParameters(fit)
 se <- fit$output$standardErrors[names(est), 1]
 out <- data.frame(
-  name = c(names(est), paste0("se_", names(est)), "minus2ll", "status_code", "openmx_version"),
+  name = c(names(est), paste0("se_", names(est)), "minus2ll", "status_code", "first_mxrun_s",
+           "warm_mxrun_s", "first_mxrun_minus2ll", "tryhard_s", "openmx_version"),
   value = c(unname(est), unname(se), fit$output$Minus2LogLikelihood, fit$output$status$code,
-            NA)
+            t_first, t_warm, first_minus2ll, t_tryhard, NA)
 )
 out$value[nrow(out)] <- as.character(packageVersion("OpenMx"))
 write.csv(out, args[2], row.names = FALSE)
