@@ -109,8 +109,11 @@ class MLEResult:
         grad: (k,) ∇ℓ(θ̂) on the natural scale.
         hessian: (k, k) ∇²ℓ(θ̂) (exact, forward-over-reverse).
         cov: (k, k) I⁻¹ with I = −hessian; ``se`` its root diagonal.
-        converged: the Newton decrement gᵀI⁻¹g at θ̂ is below 1e-6 (the predicted
-            gain in ℓ from a further step), or without I, the optimiser's success.
+        converged: the Newton decrement gᵀI⁻¹g at θ̂ (the gain in ℓ a further Newton
+            step predicts) is below ``tolerance``, or without I, the optimiser's
+            success.
+        tolerance: max(1e-6, 10 ε (1 + |ℓ̂|)), ε the float type's machine epsilon
+            (ℓ is not resolved more finely than that: float32 gives about 1e-3 here).
         starts: a :class:`StartRun` per start; ``best_start`` indexes the one reported.
         message, status, iterations, optimizer_success: scipy's report of that run.
     """
@@ -129,6 +132,7 @@ class MLEResult:
     optimizer_success: bool
     level: float = 0.95
     model_name: str = "model"
+    tolerance: float = 1e-6
     hessian: np.ndarray | None = None
     cov: np.ndarray | None = None
     profiles: dict = field(default_factory=dict)
@@ -171,7 +175,7 @@ class MLEResult:
         if not np.isfinite(self.log_likelihood):
             return False
         if self.cov is not None:
-            return bool(self.grad @ self.cov @ self.grad < 1e-6)
+            return bool(self.grad @ self.cov @ self.grad < self.tolerance)
         return self.optimizer_success
 
     def wald_ci(self, level: float | None = None) -> np.ndarray:

@@ -518,6 +518,7 @@ def fit_mle(
         optimizer_success=bool(res.success),
         level=level,
         model_name=getattr(model, "name", getattr(fn, "__name__", "model")),
+        tolerance=max(1e-6, 10 * float(jnp.finfo(problem.dtype).eps) * (1 + abs(loglik))),
         _loglik=problem.loglik,
         hessian=hess,
         _derivatives=derivatives,
