@@ -292,8 +292,15 @@ def test_cli_fit_method_mle(tmp_path, capsys):
         .splitlines()[0]
         .startswith("parameter,estimate,se")
     )
-    assert main(["fit", "local_level", "--method", "mle", "--start", "noise=-1"]) == 2
-    assert "noise" in capsys.readouterr().err
+    for bad, fragment in (
+        (["--start", "noise=-1"], "noise"),
+        (["--start", "noise"], "NAME=VALUE"),
+        (["--starts", "0"], "--starts"),
+        (["--start", "nosie=3"], "unknown parameter"),
+    ):
+        assert main(["fit", "local_level", "--method", "mle", *bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------- published ctsem fits
