@@ -306,13 +306,14 @@ def _starts(problem, start, medians, moderate, num_starts, seed) -> list:
     starts = []
     for values in named:
         u = problem.to_unconstrained(problem.ravel(values))
-        if np.all(np.isfinite(u)):
-            starts.append(u)
-        else:
-            raise ValueError(
-                "a start value lies outside its parameter's support: "
-                + ", ".join(f"{k}={np.asarray(v).tolist()}" for k, v in values.items())
-            )
+        outside = [
+            f"{p.name}={np.asarray(values[p.name]).tolist()} (support: {p.transform.codomain})"
+            for p in problem.params
+            if not np.all(np.isfinite(u[p.start]))
+        ]
+        if outside:
+            raise ValueError(f"start value outside its parameter's support: {', '.join(outside)}")
+        starts.append(u)
     rng = np.random.default_rng(seed)
     base = starts[0]
     while len(starts) < num_starts:
