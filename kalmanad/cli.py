@@ -390,6 +390,22 @@ def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
     )
 
 
+def _prior_draw(spec, given: dict, key) -> dict:
+    """A prior draw of the parameters; flat priors (no draws) take the given values."""
+    import numpyro
+    from numpyro.distributions import ImproperUniform
+
+    flat = [k for k, d in spec.priors.items() if isinstance(d, ImproperUniform)]
+    missing = [k for k in flat if k not in given]
+    if missing:
+        raise CLIError(
+            f"{', '.join(missing)}: a flat prior has no draws; give a value with "
+            f"--param {missing[0]}=VALUE (or a [data.truth] in the spec)"
+        )
+    with numpyro.handlers.substitute(data={k: given[k] for k in flat}):
+        return spec.sample_prior(key)
+
+
 def cmd_simulate(args) -> int:
     _enable_x64()
     import jax
@@ -426,7 +442,7 @@ def cmd_simulate(args) -> int:
             raise CLIError(f"--param {k}: {v!r} is not a finite number")
     key = jax.random.PRNGKey(args.seed)
     k_prior, _k_times, k_sim = jax.random.split(key, 3)
-    prior = spec.sample_prior(k_prior)
+    prior = _prior_draw(spec, truth, k_prior)
     params = {p: truth.get(p, prior[p]) for p in spec.parameters}
     try:
         model = spec.build(params)

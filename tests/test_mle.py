@@ -303,6 +303,23 @@ def test_cli_fit_method_mle(tmp_path, capsys):
         assert fragment in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_simulate_needs_values_for_flat_priors(tmp_path, capsys):
+    from kalmanad.cli import main
+
+    path = tmp_path / "flat.toml"
+    path.write_text(
+        '[model]\nlatent = ["x"]\nmanifest = ["y"]\n[parameters]\ntheta = "flat(low=0)"\n'
+        'noise = "HalfNormal(1)"\n[dynamics]\ndrift = [["-theta"]]\ndiffusion = [[1]]\n'
+        '[measurement]\nloadings = [[1]]\nnoise_sd = [["noise"]]\n'
+    )
+    assert main(["describe", str(path)]) == 0
+    assert "theta ~ flat(low=0)" in capsys.readouterr().out
+    assert main(["simulate", str(path), "--n", "3"]) == 2
+    assert "--param theta=VALUE" in capsys.readouterr().err
+    assert main(["simulate", str(path), "--n", "3", "--param", "theta=0.5"]) == 0
+    assert "theta=0.5" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------- published ctsem fits
 def _ctsem_example():
     path = ROOT / "examples" / "ml_ctsem.py"
