@@ -334,7 +334,11 @@ def _ctsem_example():
 @pytest.mark.parametrize("name", ["oscillating", "anomauth"])
 def test_ctsem_published_fits(name):
     ex = _ctsem_example()
-    result, _ = ex.fit(name)
+    if name == "oscillating":  # the default starts end on a degenerate optimum: warned
+        with pytest.warns(UserWarning, match="different optima"):
+            result, _ = ex.fit(name)
+    else:
+        result, _ = ex.fit(name)
     assert isinstance(result, MLEResult) and result.converged
     # ctsem's test asserts its own value to 0.01 (test-knownFits.R).
     assert abs(result.minus2ll - ex.PUBLISHED[name]) < 0.05
