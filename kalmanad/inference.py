@@ -10,7 +10,6 @@ A *model* here is either a :class:`kalmanad.spec.ModelSpec` (from
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions import Distribution
 from numpyro.infer import MCMC, NUTS, init_to_median
@@ -284,7 +284,8 @@ class MAPResult(NamedTuple):
         log_density: log joint density (unnormalised posterior) at the mode, in the
             unconstrained space (includes the log-Jacobian of the transforms).
         cov: Laplace covariance in the unconstrained space, (k, k), the inverse Hessian
-            of the negative log density at the mode (None when not positive definite).
+            of the negative log density at the mode (None when not positive definite);
+            rows and columns in ``names`` order.
         draws: constrained draws from the Laplace approximation (dict of (num_draws, ...)
             arrays), or None.
         success: whether the optimiser reported convergence.
@@ -328,26 +329,24 @@ def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
     return 0.5 * (hess + hess.T)
 
 
-def _ravel_in_order(tree: dict, order) -> tuple:
-    """Flatten a dict of arrays in ``order``: ``(flat (k,), unravel, names)``.
+def _model_order(tree: dict, order) -> tuple:
+    """Names of ``ravel_pytree(tree)``'s coordinates in the model's order.
 
-    Unlike ``ravel_pytree`` (sorted keys), the coordinates follow the model's order;
-    ``names`` labels each one (``site`` or ``site[i, j]``).
+    ``ravel_pytree`` lays a dict out by sorted key; this gives ``(names, perm)`` with
+    ``names`` the coordinates in the model's ``order`` (``site`` or ``site[i, j]``) and
+    ``perm`` the indices that take the flat vector to that order (``flat[perm]``).
     """
-    shapes = [tuple(jnp.shape(tree[k])) for k in order]
-    sizes = [int(np.prod(s, dtype=int)) for s in shapes]
-    flat = jnp.concatenate([jnp.ravel(tree[k]) for k in order])
-    bounds = np.cumsum([0, *sizes])
-
-    slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-    def unravel(x):
-        return {k: x[sl].reshape(s) for k, s, sl in zip(order, shapes, slices, strict=True)}
-
-    names = []
-    for k, s in zip(order, shapes, strict=True):
-        names += [k] if s == () else [f"{k}[{', '.join(map(str, i))}]" for i in np.ndindex(s)]
-    return flat, unravel, tuple(names)
+    starts, offset = {}, 0
+    for k in sorted(tree):
+        starts[k] = offset
+        offset += int(np.size(tree[k]))
+    names, perm = [], []
+    for k in order:
+        shape = tuple(np.shape(tree[k]))
+        for j, i in enumerate(np.ndindex(shape)):
+            names.append(k if shape == () else f"{k}[{', '.join(map(str, i))}]")
+            perm.append(starts[k] + j)
+    return tuple(names), np.asarray(perm, dtype=int)
 
 
 class _Mode(NamedTuple):
@@ -360,7 +359,8 @@ class _Mode(NamedTuple):
     value_and_grad: Any  # jitted flat -> (potential energy, gradient)
     cov: np.ndarray | None  # (k, k) Laplace covariance H⁻¹, None if H is not PD
     chol: np.ndarray | None  # (k, k) lower Cholesky factor of H
-    names: tuple  # (k,) names of the flat coordinates, in the model's order
+    names: tuple  # (k,) the coordinates' names in the model's order ...
+    perm: np.ndarray  # (k,) ... at these flat indices: flat[perm] is in that order
 
 
 def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
@@ -376,7 +376,8 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
     z0 = init0.param_info.z
     order = [name for name in init0.model_trace if name in z0]
     order += [name for name in z0 if name not in order]
-    flat0, unravel, names = _ravel_in_order(z0, order)
+    names, perm = _model_order(z0, order)
+    flat0, unravel = ravel_pytree(z0)
     dtype = flat0.dtype
 
     def objective(flat):
@@ -433,7 +434,7 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
                 "(the mode may be on a ridge or the optimiser did not converge)",
                 stacklevel=3,
             )
-    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol, names)
+    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol, names, perm)
 
 
 def _laplace_draws(found: _Mode, num_draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -496,7 +497,7 @@ def fit_map(
         params=found.postprocess_fn(unconstrained),
         unconstrained=unconstrained,
         log_density=-float(found.result.fun),
-        cov=found.cov,
+        cov=None if found.cov is None else found.cov[np.ix_(found.perm, found.perm)],
         draws=draws,
         success=bool(found.result.success),
         message=str(found.result.message),

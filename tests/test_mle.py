@@ -65,6 +65,8 @@ def test_fit_map_with_a_flat_prior_is_not_the_mle():
     n, ss = y.size, np.sum((y - y.mean()) ** 2)
     np.testing.assert_allclose(res.params["sd"], np.sqrt(ss / (n - 1)), rtol=1e-5)
     assert res.names == ("sd", "mu") and res.cov.shape == (2, 2)
+    # cov in names order: Var(log sd) = 1/(2(n-1)), Var(mu) = sd²/n at the mode.
+    np.testing.assert_allclose(np.diag(res.cov), [0.5 / (n - 1), ss / (n - 1) / n], rtol=1e-4)
     np.testing.assert_allclose(fit_mle(model, None, y).params["sd"], np.sqrt(ss / n), rtol=1e-9)
 
 
