@@ -3,6 +3,7 @@
     kalmanad models                       list the model zoo
     kalmanad describe MODEL               show a model's variables, priors and matrices
     kalmanad fit MODEL [DATA.csv]         NUTS posterior: summary table, netCDF, plot
+                 ... --method mle         maximum likelihood: estimates, SEs, AIC/BIC
     kalmanad simulate MODEL               simulate a data set from a model
 
 MODEL is a zoo name (``kalmanad models``) or the path of a TOML spec. Without DATA,
@@ -21,6 +22,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from kalmanad._cli_mle import add_mle_options
+from kalmanad._cli_plots import dt_effects as dt_effects  # re-exported: cli.dt_effects
+from kalmanad._cli_plots import plot_dt_effects, plot_fit
 
 EXIT_USAGE = 2
 
@@ -109,8 +114,6 @@ def _compilation_cache_dir() -> str | None:
     ``$XDG_CACHE_HOME/kalmanad/jax`` (``~/.cache/kalmanad/jax``). A ``JAX_COMPILATION_CACHE_DIR``
     of the user's own is left to JAX.
     """
-    import os
-
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
     chosen = os.environ.get("KALMANAD_CACHE_DIR")
@@ -125,8 +128,6 @@ def _enable_x64() -> None:
     # (and, before JAX starts its CPU backend, the faster-compiling emitters), and keeps
     # its compiled programs on disk, so that fitting the same model to data of the same
     # shape again skips compilation, most of a short fit's time.
-    import os
-
     from kalmanad._xla import with_fast_compile
 
     flags = with_fast_compile(os.environ.get("XLA_FLAGS"))
@@ -268,6 +269,11 @@ def cmd_fit(args) -> int:
     spec = _load(args.model)
     data, default = _read(spec, args.data, args.time, args.subject)
     times, y, inputs, kwargs, subjects = _arrays(spec, data)
+    if args.method == "mle":
+        from kalmanad._cli_mle import run_mle
+
+        arrays = (times, y, inputs, kwargs)
+        return run_mle(args, spec, data, arrays, CLIError, _written_when_complete)
 
     import arviz as az
 
@@ -325,129 +331,13 @@ def cmd_fit(args) -> int:
         plots = [] if args.no_plot else list(dict.fromkeys(args.plot or ["states"]))
         for kind in plots:
             png = out / f"{spec.name}_{PLOT_FILES[kind]}.png"
-            draw = _plot_fit if kind == "states" else _plot_dt_effects
+            draw = plot_fit if kind == "states" else plot_dt_effects
             with _written_when_complete(png) as tmp:
                 draw(spec, idata, times, y, inputs, kwargs, subjects, tmp)
             print(f"wrote {png}")
     except OSError as e:
         raise CLIError(f"--out {out}: cannot write: {e.strerror or e}") from None
     return 0
-
-
-def _plot_fit(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kalmanad.inference import sde_draws, smoothed_states
-    from kalmanad.plots import plot_states
-
-    means, covs = smoothed_states(spec, idata, times, y, inputs, max_draws=100, **kwargs)
-    samples = {
-        k: np.asarray(v.values.reshape((-1, *v.values.shape[2:])))[:1]
-        for k, v in idata.posterior.data_vars.items()
-    }
-    # The observation matrix of each subject (it can depend on subject parameters).
-    d = sde_draws(spec, samples, times, y, inputs, **kwargs)["y"]
-    h = np.asarray(d.model.observation)[0]
-    offset = np.asarray(d.model.observation_intercept)[0]
-    means, covs = np.asarray(means), np.asarray(covs)
-    if subjects is None:
-        panels = [(None, np.asarray(times), np.asarray(y), means, covs, h, offset)]
-    else:
-        k = min(4, len(subjects))
-        hs = np.broadcast_to(h, (len(subjects), *h.shape[-2:]))
-        os_ = np.broadcast_to(offset, (len(subjects), *offset.shape[-1:]))
-        panels = [
-            (
-                subjects[i],
-                np.asarray(times)[i],
-                np.asarray(y)[i],
-                means[:, i],
-                covs[:, i],
-                hs[i],
-                os_[i],
-            )
-            for i in range(k)
-        ]
-    m = spec.m
-    fig, axes = plt.subplots(
-        m, len(panels), figsize=(4.5 * len(panels) + 2, 2.8 * m), squeeze=False, sharex="col"
-    )
-    for j, (label, t, yy, mu, cv, hh, off) in enumerate(panels):
-        ok = np.isfinite(t)
-        # Pad rows (repeated last time, all-NaN y) are dropped from the picture.
-        keep = ok & ~(np.r_[False, np.diff(t) == 0] & np.all(np.isnan(yy), axis=1))
-        plot_states(
-            t[keep],
-            mu[:, keep],
-            cv[:, keep],
-            y=yy[keep] - off,
-            observation=hh,
-            names=[f"{n} − offset" if np.any(off) else n for n in spec.manifest],
-            ax=axes[:, j],
-        )
-        if label is not None:
-            axes[0, j].set_title(f"subject {label}")
-    fig.suptitle(f"{spec.name}: smoothed signal (posterior mean, 90% band) and data")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110, format="png")
-    plt.close(fig)
-
-
-def dt_effects(spec, idata, times, y, inputs, kwargs, subjects, *, max_draws=200, n_dts=60):
-    """Posterior draws of the discrete-time effects e^{AΔt} over a grid of intervals.
-
-    Up to ``max_draws`` draws (evenly thinned) of the drift A. For a panel whose drift
-    differs between subjects, the first subject's. The grid runs from 0 to five times
-    the slowest time scale 1/min|Re λ(A)| (posterior median), where the effects have
-    decayed to e^-5 of their size; for a drift with an eigenvalue of zero real part
-    (a random walk), to the span of the observation times.
-
-    Returns:
-        ``(dts (K,), effects (D, K, n, n), subject label or None)``.
-    """
-    from kalmanad.inference import discrete_time_effects, sde_draws
-
-    flat = {
-        k: np.asarray(v.values).reshape((-1, *v.values.shape[2:]))
-        for k, v in idata.posterior.data_vars.items()
-    }
-    n_draws = len(next(iter(flat.values())))
-    keep = np.unique(np.linspace(0, n_draws - 1, min(max_draws, n_draws)).round().astype(int))
-    samples = {k: v[keep] for k, v in flat.items()}
-    site = next(iter(sde_draws(spec, samples, times, y, inputs, **kwargs).values()))
-    drift = np.asarray(site.model.drift, float)
-    label = None
-    if drift.ndim == 4:  # (draws, subjects, n, n)
-        if not np.allclose(drift, drift[:, :1]):
-            label = subjects[0] if subjects is not None else 0
-        drift = drift[:, 0]
-    rates = np.abs(np.linalg.eigvals(drift).real).min(axis=-1)
-    slowest = float(np.median(rates))
-    t = np.asarray(times, float)
-    span = float(np.nanmax(t) - np.nanmin(t)) or 1.0
-    dt_max = 5.0 / slowest if slowest > 0 and 5.0 / slowest < 1e3 * span else span
-    dts = np.linspace(0.0, dt_max, n_dts)
-    return dts, np.asarray(discrete_time_effects(drift, dts)), label
-
-
-def _plot_dt_effects(spec, idata, times, y, inputs, kwargs, subjects, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kalmanad.plots import plot_discrete_effects
-
-    dts, effects, label = dt_effects(spec, idata, times, y, inputs, kwargs, subjects)
-    title = f"{spec.name}: discrete-time effects e^(AΔt), posterior median and 90% band"
-    if label is not None:
-        title += f" (subject {label})"
-    fig = plot_discrete_effects(dts, effects, names=spec.latent, title=title)
-    fig.savefig(png, dpi=110, format="png")
-    plt.close(fig)
 
 
 def _read_inputs(spec, path: str):
@@ -500,6 +390,22 @@ def _simulate_observations(spec, model, times, inputs, key) -> np.ndarray:
     )
 
 
+def _prior_draw(spec, given: dict, key) -> dict:
+    """A prior draw of the parameters; flat priors (no draws) take the given values."""
+    import numpyro
+    from numpyro.distributions import ImproperUniform
+
+    flat = [k for k, d in spec.priors.items() if isinstance(d, ImproperUniform)]
+    missing = [k for k in flat if k not in given]
+    if missing:
+        raise CLIError(
+            f"{', '.join(missing)}: a flat prior has no draws; give a value with "
+            f"--param {missing[0]}=VALUE (or a [data.truth] in the spec)"
+        )
+    with numpyro.handlers.substitute(data={k: given[k] for k in flat}):
+        return spec.sample_prior(key)
+
+
 def cmd_simulate(args) -> int:
     _enable_x64()
     import jax
@@ -536,7 +442,7 @@ def cmd_simulate(args) -> int:
             raise CLIError(f"--param {k}: {v!r} is not a finite number")
     key = jax.random.PRNGKey(args.seed)
     k_prior, _k_times, k_sim = jax.random.split(key, 3)
-    prior = spec.sample_prior(k_prior)
+    prior = _prior_draw(spec, truth, k_prior)
     params = {p: truth.get(p, prior[p]) for p in spec.parameters}
     try:
         model = spec.build(params)
@@ -608,10 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "fit",
-        help="sample a model's posterior with NUTS",
+        help="sample a model's posterior with NUTS, or fit it by maximum likelihood",
         description="Sample a model's posterior with NUTS: print the summary, write\n"
-        "OUT/<model>_fit.nc and OUT/<model>_fit.png. Options and arguments may come in\n"
-        "any order.",
+        "OUT/<model>_fit.nc and OUT/<model>_fit.png. With --method mle, fit by maximum\n"
+        "likelihood instead: print the estimates with standard errors, write\n"
+        "OUT/<model>_mle.csv and OUT/<model>_mle.json. Options and arguments may come\n"
+        "in any order.",
         epilog=CSV_LAYOUT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -640,9 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method",
         default="sequential",
-        choices=FILTER_METHODS,
-        help="Kalman filter: sequential (default), sqrt (square-root, for ill-conditioned "
-        "models) or parallel (associative scan, for long series on an accelerator)",
+        choices=(*FILTER_METHODS, "mle"),
+        help="Kalman filter of the NUTS fit: sequential (default), sqrt (square-root, for "
+        "ill-conditioned models) or parallel (associative scan, for long series on an "
+        "accelerator); or mle: maximum likelihood (kalmanad.mle.fit_mle, sequential filter)",
     )
     s.add_argument(
         "--checkpoint",
@@ -671,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-plot", action="store_true", help="write no figure")
     s.add_argument("--no-progress", action="store_true")
+    add_mle_options(s)
     s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("simulate", help="simulate data from a model (CSV to stdout or --out)")

@@ -284,11 +284,16 @@ class MAPResult(NamedTuple):
         log_density: log joint density (unnormalised posterior) at the mode, in the
             unconstrained space (includes the log-Jacobian of the transforms).
         cov: Laplace covariance in the unconstrained space, (k, k), the inverse Hessian
-            of the negative log density at the mode (None when not positive definite).
+            of the negative log density at the mode (None when not positive definite);
+            rows and columns in ``names`` order.
         draws: constrained draws from the Laplace approximation (dict of (num_draws, ...)
             arrays), or None.
         success: whether the optimiser reported convergence.
         message: the optimiser's message.
+        names: the unconstrained coordinates that index ``cov``'s rows and columns, in
+            the order the model samples its sites (a spec's ``[parameters]`` order):
+            a site's name, or ``name[i]`` / ``name[i, j]`` for the entries of a
+            non-scalar site.
     """
 
     params: dict
@@ -298,6 +303,7 @@ class MAPResult(NamedTuple):
     draws: dict | None
     success: bool
     message: str
+    names: tuple = ()
 
 
 def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
@@ -323,6 +329,26 @@ def _hessian_by_gradient_differences(value_and_grad, x) -> np.ndarray:
     return 0.5 * (hess + hess.T)
 
 
+def _model_order(tree: dict, order) -> tuple:
+    """Names of ``ravel_pytree(tree)``'s coordinates in the model's order.
+
+    ``ravel_pytree`` lays a dict out by sorted key; this gives ``(names, perm)`` with
+    ``names`` the coordinates in the model's ``order`` (``site`` or ``site[i, j]``) and
+    ``perm`` the indices that take the flat vector to that order (``flat[perm]``).
+    """
+    starts, offset = {}, 0
+    for k in sorted(tree):
+        starts[k] = offset
+        offset += int(np.size(tree[k]))
+    names, perm = [], []
+    for k in order:
+        shape = tuple(np.shape(tree[k]))
+        for j, i in enumerate(np.ndindex(shape)):
+            names.append(k if shape == () else f"{k}[{', '.join(map(str, i))}]")
+            perm.append(starts[k] + j)
+    return tuple(names), np.asarray(perm, dtype=int)
+
+
 class _Mode(NamedTuple):
     """What fit_map's optimisation leaves for its callers (fit_map, fit_nuts' MAP start)."""
 
@@ -333,6 +359,8 @@ class _Mode(NamedTuple):
     value_and_grad: Any  # jitted flat -> (potential energy, gradient)
     cov: np.ndarray | None  # (k, k) Laplace covariance H⁻¹, None if H is not PD
     chol: np.ndarray | None  # (k, k) lower Cholesky factor of H
+    names: tuple  # (k,) the coordinates' names in the model's order ...
+    perm: np.ndarray  # (k,) ... at these flat indices: flat[perm] is in that order
 
 
 def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
@@ -345,7 +373,11 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
         init_strategy=init_to_median(num_samples=15),
     )
     potential_fn, postprocess_fn = init0.potential_fn, init0.postprocess_fn
-    flat0, unravel = ravel_pytree(init0.param_info.z)
+    z0 = init0.param_info.z
+    order = [name for name in init0.model_trace if name in z0]
+    order += [name for name in z0 if name not in order]
+    names, perm = _model_order(z0, order)
+    flat0, unravel = ravel_pytree(z0)
     dtype = flat0.dtype
 
     def objective(flat):
@@ -402,7 +434,7 @@ def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
                 "(the mode may be on a ridge or the optimiser did not converge)",
                 stacklevel=3,
             )
-    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol)
+    return _Mode(mode, best, unravel, postprocess_fn, value_and_grad, cov, chol, names, perm)
 
 
 def _laplace_draws(found: _Mode, num_draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -432,9 +464,18 @@ def fit_map(
     the unconstrained scale); the best optimum wins. The Laplace approximation is the
     Gaussian N(mode, H⁻¹) in the unconstrained space, H the Hessian by central
     differences of the exact (already compiled) gradient; its draws are mapped back to
-    the constrained space. With flat priors this is the MLE with its asymptotic
-    covariance. Where a run meets an invalid point (density -inf, e.g. a trial step that
-    makes the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
+    the constrained space. ``cov`` is labelled by ``names`` in the model's order.
+
+    This is not maximum likelihood, even with flat priors: the density maximised is
+    the posterior in the unconstrained space, which includes the log-Jacobian of each
+    transform. With an improper uniform prior on a positive parameter (``exp``
+    transform) the mode moves from the MLE (a normal sd comes out as √(Σy²/(n−1))
+    instead of √(Σy²/n)), and ``cov`` is on the unconstrained scale. For maximum
+    likelihood with standard errors on the natural scale use
+    :func:`kalmanad.mle.fit_mle`.
+
+    Where a run meets an invalid point (density -inf, e.g. a trial step that makes
+    the drift unstable), it is resumed with BFGS from where L-BFGS-B stopped:
     L-BFGS-B's line search does not recover from an infinite trial value.
     """
     found = _find_mode(
@@ -456,10 +497,11 @@ def fit_map(
         params=found.postprocess_fn(unconstrained),
         unconstrained=unconstrained,
         log_density=-float(found.result.fun),
-        cov=found.cov,
+        cov=None if found.cov is None else found.cov[np.ix_(found.perm, found.perm)],
         draws=draws,
         success=bool(found.result.success),
         message=str(found.result.message),
+        names=found.names,
     )
 
 
