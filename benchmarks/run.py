@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BENCHES = ("linalg", "discretize", "filter", "nuts", "scale", "vs_stan", "vs_openmx")
+BENCHES = ("linalg", "discretize", "filter", "nuts", "scale", "vs_stan", "vs_openmx", "ml")
 # Result stem each bench writes (quick, full); bench_discretize has one name for both.
 STEMS = {
     "linalg": ("bench_linalg_quick", "bench_linalg"),
@@ -50,6 +50,7 @@ STEMS = {
     "scale": ("bench_scale_quick", "bench_scale"),
     "vs_stan": ("bench_vs_stan_quick", "bench_vs_stan"),
     "vs_openmx": ("bench_vs_openmx_quick", "bench_vs_openmx"),
+    "ml": ("bench_ml_quick", "bench_ml"),
 }
 # Benches that take --compile-cache.
 CACHED = ("filter", "nuts", "scale")
@@ -61,6 +62,7 @@ TIMEOUT_S = {
     "scale": 3000,
     "vs_stan": 3600,
     "vs_openmx": 1200,
+    "ml": 1800,
 }
 
 
@@ -356,6 +358,25 @@ def ratios_vs_openmx(d):
     ]
 
 
+# (result key, case, contender, peer, what) of bench_ml's ratios, kalmanad over the peer.
+_ML_RATIOS = (
+    ("nile_first_kalmanad_over_statsmodels", "ML, Nile", "fit_mle first call", "statsmodels"),
+    ("nile_warm_kalmanad_over_statsmodels", "ML, Nile", "fit_mle second call", "statsmodels"),
+    ("panel_first_kalmanad_over_first_mxrun", "ML, panel", "fit_mle first call", "first mxRun"),
+    ("panel_warm_kalmanad_over_warm_mxrun", "ML, panel", "fit_mle second call", "second mxRun"),
+    ("panel_kalmanad_process_over_rscript", "ML, panel", "kalmanad process", "whole Rscript"),
+)
+
+
+def ratios_ml(d):
+    r = d.get("ratios") or {}
+    return [
+        _ratio("ml", case, ours, peer, "wall time", r[key], "< 1")
+        for key, case, ours, peer in _ML_RATIOS
+        if key in r
+    ]
+
+
 REDUCE = {
     "linalg": (ratios_linalg, targets_linalg),
     "discretize": (ratios_discretize, targets_discretize),
@@ -364,6 +385,7 @@ REDUCE = {
     "scale": (ratios_scale, lambda d: _targets_generic("scale", d)),
     "vs_stan": (ratios_vs_stan, lambda d: _targets_generic("vs_stan", d)),
     "vs_openmx": (ratios_vs_openmx, lambda d: _targets_generic("vs_openmx", d)),
+    "ml": (ratios_ml, lambda d: _targets_generic("ml", d)),
 }
 
 

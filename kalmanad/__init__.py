@@ -23,9 +23,11 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "LinearSDE",
+    "MLEResult",
     "discretize",
     "discretize_model",
     "fit_map",
+    "fit_mle",
     "fit_nuts",
     "forecast",
     "from_equations",
@@ -52,6 +54,10 @@ def __getattr__(name):
         from kalmanad import spec
 
         return getattr(spec, name)
+    if name in ("fit_mle", "MLEResult"):
+        from kalmanad import mle
+
+        return getattr(mle, name)
     if name == "read_wide":
         from kalmanad.spec.wide import read_wide
 

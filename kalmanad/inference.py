@@ -52,6 +52,14 @@ def _model_fn(model):
     )
 
 
+def _init_strategy(model):
+    """NumPyro's start for ``model``: a spec's own (its ``start`` values, else the prior
+    median), the prior median for a plain NumPyro model."""
+    if getattr(model, "numpyro_model", None) is not None and hasattr(model, "init_strategy"):
+        return model.init_strategy()
+    return init_to_median(num_samples=15)
+
+
 def _model_kwargs(y, inputs, kwargs):
     out = dict(kwargs)
     out["y"] = None if y is None else np.asarray(y)
@@ -128,7 +136,7 @@ _SAMPLE_STATS = (
 )
 
 
-def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int):
+def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int, init_strategy):
     """NUTS's start from the posterior mode: ``(mode, init_params, inverse_mass_matrix)``.
 
     Each chain starts at its own draw of the Laplace approximation N(mode, H⁻¹) in the
@@ -140,7 +148,16 @@ def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int):
     initial inverse mass matrix is H⁻¹, (k, k), or its diagonal (k,) without
     ``dense_mass``; None without a Laplace approximation (NumPyro's identity).
     """
-    found = _find_mode(fn, times, kw, seed=seed, num_starts=1, laplace=True, maxiter=1000)
+    found = _find_mode(
+        fn,
+        times,
+        kw,
+        seed=seed,
+        num_starts=1,
+        laplace=True,
+        maxiter=1000,
+        init_strategy=init_strategy,
+    )
     mode = np.asarray(found.flat, np.float64)
     starts = np.repeat(mode[None], num_chains, axis=0)
     if found.chol is not None:
@@ -240,7 +257,7 @@ def fit_nuts(
         target_accept_prob=target_accept_prob,
         dense_mass=dense_mass,
         max_tree_depth=max_tree_depth,
-        init_strategy=init_to_median(num_samples=15),
+        init_strategy=_init_strategy(model),
         **start,
     )
     mcmc = MCMC(
@@ -363,14 +380,14 @@ class _Mode(NamedTuple):
     perm: np.ndarray  # (k,) ... at these flat indices: flat[perm] is in that order
 
 
-def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter) -> _Mode:
+def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter, init_strategy) -> _Mode:
     keys = jax.random.split(jax.random.PRNGKey(seed), num_starts + 1)
     init0 = initialize_model(
         keys[0],
         fn,
         model_args=(times,),
         model_kwargs=kw,
-        init_strategy=init_to_median(num_samples=15),
+        init_strategy=init_strategy,
     )
     potential_fn, postprocess_fn = init0.potential_fn, init0.postprocess_fn
     z0 = init0.param_info.z
@@ -486,6 +503,7 @@ def fit_map(
         num_starts=num_starts,
         laplace=laplace,
         maxiter=maxiter,
+        init_strategy=_init_strategy(model),
     )
     unconstrained = found.unravel(found.flat)
     draws = None
