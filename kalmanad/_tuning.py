@@ -14,7 +14,7 @@ from __future__ import annotations
 #: otherwise pays its concurrent executor on every step.
 INLINE_BUFFER_BYTES = 512
 
-# ------------------------------------------------------ small products (linalg/_small.py)
+# ------------------------- small products (linalg/_small.py, filter/_kernels.py)
 
 #: Largest dimension multiplied as a broadcast-multiply-sum, which XLA fuses with the
 #: surrounding element-wise work; larger products are dots.

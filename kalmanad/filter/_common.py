@@ -1,9 +1,13 @@
-"""Shared machinery of the filters: input checks, missing data, guards, small factorisations.
+"""Shared machinery of the filters: input checks, missing data, guards, small
+factorisations, and the set-up and log-likelihood convention every filter uses
+(:func:`setup`, :func:`step_loglik`, :func:`flag`, :func:`finish`).
 
-Everything here is private to ``kalmanad.filter``. Shape checks are static (they read
-``.shape`` only), so they work under ``jit``/``vmap``; value checks run only on
-concrete arrays, because inside a sampler an invalid value must give ``-inf``, never
-an exception.
+Everything here is private to ``kalmanad.filter``. The unrolled factorisation and
+solve (:func:`safe_cholesky`, :func:`tri_solve`) are those of
+:mod:`kalmanad.filter._kernels`, read in the ordinary (..., r, c) layout. Shape
+checks are static (they read ``.shape`` only), so they work under ``jit``/``vmap``;
+value checks run only on concrete arrays, because inside a sampler an invalid value
+must give ``-inf``, never an exception.
 """
 
 from __future__ import annotations
