@@ -90,7 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kalmanad.discretize._routes import longest_van_loan_step, route
+from kalmanad._discretize_routes import longest_van_loan_step, route
 from kalmanad.linalg import solve_continuous_lyapunov
 from kalmanad.linalg._checks import as_float_array
 from kalmanad.linalg._util import symmetrize
