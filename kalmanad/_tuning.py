@@ -14,7 +14,7 @@ from __future__ import annotations
 #: otherwise pays its concurrent executor on every step.
 INLINE_BUFFER_BYTES = 512
 
-# ------------------------------------------------------ small products (linalg/_small.py)
+# ------------------------- small products (linalg/_small.py, filter/_kernels.py)
 
 #: Largest dimension multiplied as a broadcast-multiply-sum, which XLA fuses with the
 #: surrounding element-wise work; larger products are dots.
@@ -56,7 +56,3 @@ TABLE_DIGITS = 4
 #: filters rather than by LAPACK/XLA: XLA's CPU expansion of a batched triangular solve
 #: or LU is slow to compile, and tiny matrices fuse into a few element-wise operations.
 FILTER_UNROLL_MAX = 8
-
-#: Smallest panel (subjects) filtered in the batch-last layout; below, the transposes
-#: cost more than the vectorised products save.
-BATCH_LAST_MIN = 8

@@ -326,18 +326,18 @@ def test_taylor_coefficients_values_and_derivatives():
     from fractions import Fraction
     from math import factorial
 
-    from kalmanad.discretize import _taylor_coefficients
+    from kalmanad.linalg import taylor_coefficients
 
     z = np.array([0.0, 1e-300, 1e-8, 0.37, 1.0, 1.999])
     for degree in (16, 33):
-        c = np.asarray(_taylor_coefficients(jnp.asarray(z), degree))
+        c = np.asarray(taylor_coefficients(jnp.asarray(z), degree))
         assert c.shape == (degree + 1, z.size)
         exact = np.array(
             [[float(Fraction(x) ** j / factorial(j)) for x in z] for j in range(degree + 1)]
         )
         np.testing.assert_allclose(c, exact, rtol=8e-16, atol=0.0)
     zs = jnp.asarray([0.2, 0.9, 1.7])
-    check_grads(lambda x: _taylor_coefficients(x, 33), (zs,), order=2, modes=("fwd", "rev"))
+    check_grads(lambda x: taylor_coefficients(x, 33), (zs,), order=2, modes=("fwd", "rev"))
     a, q = random_problem(3, 3)
 
     def f(dt):

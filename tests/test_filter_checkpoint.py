@@ -7,6 +7,8 @@ gradient (``memory_analysis``): deterministic, no timing.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,3 +135,25 @@ def test_checkpoint_argument_errors():
             ka.kalman_filter(m, times, y, checkpoint=bad)
     with pytest.raises(ValueError, match="'sequential' and 'sqrt'"):
         ka.kalman_filter(m, times, y, method="parallel", checkpoint=5)
+
+
+@pytest.mark.parametrize("checkpoint", [None, 16])
+def test_gradient_goes_through_the_derived_rule_with_and_without_checkpoint(checkpoint):
+    ssm, y = _regular_ssm(50)
+
+    def loss(a):
+        s = ssm._replace(transition=ssm.transition * a)
+        return filter_ssm(s, y, checkpoint=checkpoint).log_likelihood
+
+    text = str(jax.make_jaxpr(jax.grad(loss))(1.0))
+    # the filter's custom JVP, and its tangent recursion transposed into the adjoint
+    assert re.search(r"custom_jvp_call\[\s*name=kalman_scan\s", text)
+    assert "name=kalman_scan_tangent" in text
+    assert ("remat" in text) == (checkpoint is not None)
+    g = jax.grad(loss)(1.0)
+    g_ck = jax.grad(
+        lambda a: (
+            filter_ssm(ssm._replace(transition=ssm.transition * a), y, checkpoint=7).log_likelihood
+        )
+    )(1.0)
+    np.testing.assert_allclose(g_ck, g, rtol=1e-12)

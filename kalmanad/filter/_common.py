@@ -1,9 +1,13 @@
-"""Shared machinery of the filters: input checks, missing data, guards, small factorisations.
+"""Shared machinery of the filters: input checks, missing data, guards, small
+factorisations, and the set-up and log-likelihood convention every filter uses
+(:func:`setup`, :func:`step_loglik`, :func:`flag`, :func:`finish`).
 
-Everything here is private to ``kalmanad.filter``. Shape checks are static (they read
-``.shape`` only), so they work under ``jit``/``vmap``; value checks run only on
-concrete arrays, because inside a sampler an invalid value must give ``-inf``, never
-an exception.
+Everything here is private to ``kalmanad.filter``. The unrolled factorisation and
+solve (:func:`safe_cholesky`, :func:`tri_solve`) are those of
+:mod:`kalmanad.filter._kernels`, read in the ordinary (..., r, c) layout. Shape
+checks are static (they read ``.shape`` only), so they work under ``jit``/``vmap``;
+value checks run only on concrete arrays, because inside a sampler an invalid value
+must give ``-inf``, never an exception.
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ from jax import lax
 
 from kalmanad._scan import inline_scan, scan_in_chunks
 from kalmanad._tuning import FILTER_UNROLL_MAX
+from kalmanad.filter import _kernels as kernels
 from kalmanad.linalg._checks import as_float_array
-from kalmanad.linalg._small import small_matmul, small_matvec
 from kalmanad.linalg._util import mT, symmetrize
-from kalmanad.linalg.cholesky import cholesky_lower
 from kalmanad.ssm import DiscreteSSM
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -37,39 +40,6 @@ CORE_NDIM = {
     "initial_mean": 1,
     "initial_cov": 2,
 }
-
-
-# Batch-last layout: with ``tail = 1`` the matrix helpers below read a matrix as
-# (..., i, j, B), with one trailing batch axis (size B, or 1 for a shared operand).
-# Element-wise products of small matrices then run over contiguous length-B vectors,
-# which XLA vectorises on CPU, unlike the batch-first (B, ..., i, j) layout, whose
-# innermost axis has the matrix's own small length. ``tail = 0`` (the default) is the
-# ordinary (..., i, j) layout.
-
-
-def entry(x, i, j, tail: int = 0):
-    """Entry (i, j) of each matrix of ``x`` (..., r, c, *tail): shape (..., *tail)."""
-    return x[(Ellipsis, i, j) + (slice(None),) * tail]
-
-
-def row(x, i, tail: int = 0):
-    """Row i of each matrix of ``x`` (..., r, c, *tail)."""
-    return x[(Ellipsis, i, slice(None)) + (slice(None),) * tail]
-
-
-def columns(x, cols, tail: int = 0):
-    """Columns ``cols`` (an index or a slice) of each matrix of ``x`` (..., r, c, *tail)."""
-    return x[(Ellipsis, slice(None), cols) + (slice(None),) * tail]
-
-
-def eye_like(n: int, dtype, tail: int = 0):
-    """The (n, n) identity with ``tail`` trailing unit axes (broadcasts over a batch)."""
-    return jnp.eye(n, dtype=dtype).reshape((n, n) + (1,) * tail)
-
-
-def diagonal(x, tail: int = 0):
-    """The diagonals of ``x`` (..., r, r, *tail), as (..., *tail, r)."""
-    return jnp.diagonal(x, axis1=-2 - tail, axis2=-1 - tail)
 
 
 def is_concrete(*xs) -> bool:
@@ -323,155 +293,30 @@ def finite_scalar(*xs):
     return jnp.isfinite(total)
 
 
-# Products inside scan bodies are broadcast-multiply-sums up to SMALL_MM
-# (kalmanad.linalg._small): XLA then fuses a whole filter step into a few loop kernels
-# instead of one library call per tiny product.
-
-
-def mm(a, b, tail: int = 0):
-    """``a @ b`` for (..., i, j) @ (..., j, k), fusible for small sizes.
-
-    With ``tail = 1``: (..., i, j, B) @ (..., j, k, B), small sizes only.
-    """
-    if tail:
-        prod = jnp.expand_dims(a, -1 - tail) * jnp.expand_dims(b, -3 - tail)
-        return jnp.sum(prod, axis=-2 - tail)
-    return small_matmul(a, b)
-
-
-def mv(a, x, tail: int = 0):
-    """``a @ x`` for (..., i, j) @ (..., j), fusible for small sizes.
-
-    With ``tail = 1``: (..., i, j, B) @ (..., j, B), small sizes only.
-    """
-    if tail:
-        return jnp.sum(a * jnp.expand_dims(x, -2 - tail), axis=-1 - tail)
-    return small_matvec(a, x)
-
-
-def mm_steps(a, b, tail: int = 0):
-    """:func:`mm` for the stacks of all T steps at once (outside a loop body).
-
-    Batch-last (``tail = 1``) matrices of size ≤ 3 are multiplied by a dot with batch
-    dimensions (steps and subjects), which beats the multiply-sum for such stacks (as
-    :data:`kalmanad._tuning.DOT_MIN_BATCH` does batch-first). Batch-first
-    stacks already get the batched dot from :func:`small_matmul`.
-    """
-    if tail and max(a.shape[-3:-1] + b.shape[-2:-1]) <= 3:  # (i, j) and (k) of (..., B)
-        return jnp.einsum("...ijb,...jkb->...ikb", a, b, precision=lax.Precision.HIGHEST)
-    return mm(a, b, tail)
-
-
-def mv_steps(a, x, tail: int = 0):
-    """:func:`mv` for the stacks of all T steps at once (see :func:`mm_steps`)."""
-    if tail and max(a.shape[-3:-1]) <= 3:
-        return jnp.einsum("...ijb,...jb->...ib", a, x, precision=lax.Precision.HIGHEST)
-    return mv(a, x, tail)
-
-
 # ------------------------------------------------------------- small factorisations
 
 
-def safe_cholesky(s, tail: int = 0):
+def safe_cholesky(s):
     """Lower Cholesky factor of symmetric ``s`` (..., m, m) and a PD flag (...,).
 
-    Where ``s`` is not positive-definite or not finite, the factor is replaced by a
-    finite placeholder (and its tangent by zero), so downstream arithmetic and every
-    derivative stay finite; the caller turns ``ok == False`` into a ``-inf``
-    log-likelihood. Reads the lower triangle of ``s``.
-
-    For m <= FILTER_UNROLL_MAX the factorisation is unrolled into element-wise operations with a
-    guarded square root at each pivot (no library call, no reduction: XLA fuses it
-    with the rest of a filter step). Beyond, LAPACK with a NaN-safe tangent rule.
-    With ``tail = 1`` (batch-last, small sizes only): ``s`` (..., m, m, B), flag (..., B).
+    :func:`kalmanad.filter._kernels.cholesky` in the ordinary (batch-first) layout:
+    a finite placeholder and a zero tangent where ``s`` is not positive-definite.
     """
-    m = s.shape[-1 - tail]
-    if m > FILTER_UNROLL_MAX:
-        assert not tail, "batch-last layout: small matrices only"
-        l = cholesky_lower(s)
-        d = jnp.diagonal(l, axis1=-2, axis2=-1)
-        ok = jnp.all(jnp.isfinite(l), axis=(-2, -1)) & jnp.all(d > 0, axis=-1)
-        l = jnp.where(ok[..., None, None], l, jnp.eye(m, dtype=s.dtype))
-        return l, ok
-    batch = s.shape[: s.ndim - 2 - tail] + s.shape[s.ndim - tail :]
-    ok = jnp.ones(batch, bool)
-    cols = [[None] * m for _ in range(m)]  # cols[i][j] = L_ij
-    zero = jnp.zeros(batch, s.dtype)
-    for j in range(m):
-        a = entry(s, j, j, tail)
-        for k in range(j):
-            a = a - cols[j][k] * cols[j][k]
-        good = (a > 0) & jnp.isfinite(a)
-        ok = ok & good
-        d = jnp.sqrt(jnp.where(good, a, 1.0))
-        cols[j][j] = d
-        for i in range(j + 1, m):
-            b = entry(s, i, j, tail)
-            for k in range(j):
-                b = b - cols[i][k] * cols[j][k]
-            b = b / d
-            fin = jnp.isfinite(b)
-            ok = ok & fin
-            cols[i][j] = jnp.where(fin, b, 0.0)
-        for i in range(j):
-            cols[i][j] = zero
-    l = jnp.stack([jnp.stack(r, axis=-1 - tail) for r in cols], axis=-2 - tail)
-    return l, ok
+    l, ok = kernels.cholesky(jnp.moveaxis(s, (-2, -1), (0, 1)))
+    return jnp.moveaxis(l, (0, 1), (-2, -1)), ok
 
 
-def guard(x, tail: int = 0):
-    """``(x with non-finite entries set to 0, Σ x)`` — the sum is a finiteness probe.
-
-    The replacement is element-wise and the probe is only tested after the scan
-    (``isfinite`` of the stacked per-step probes): no reduction feeds a selection
-    inside the loop, which keeps XLA's fused loop fast on CPU (about 10x for n = 2).
-    Every value a later operation uses in its derivative is then finite, so with the
-    caller masking invalid steps no NaN reaches any gradient. (A sum of finite values
-    that overflows flags the step too, conservatively.) With ``tail`` trailing batch
-    axes the probe is one per batch entry.
-    """
-    return jnp.where(jnp.isfinite(x), x, 0.0), jnp.sum(x, axis=tuple(range(x.ndim - tail)))
-
-
-def substitute(
-    a, b, *, lower: bool, transpose: bool = False, unit_diagonal: bool = False, tail: int = 0
-):
-    """Solve ``op(a) x = b`` for triangular ``a`` (..., r, r), ``b`` (..., r, k).
-
-    ``op(a) = aᵀ`` if ``transpose``; ``a`` is lower- (``lower``) or upper-triangular,
-    optionally with an implicit unit diagonal. Batch dimensions broadcast. Unrolled
-    forward/back substitution for r <= FILTER_UNROLL_MAX, ``lax.linalg.triangular_solve`` beyond.
-    With ``tail = 1`` (batch-last, small sizes only): (..., r, r, B) and (..., r, k, B).
-    """
-    r = a.shape[-1 - tail]
-    if r > FILTER_UNROLL_MAX:
-        assert not tail, "batch-last layout: small matrices only"
-        batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        a = jnp.broadcast_to(a, batch + a.shape[-2:])
-        b = jnp.broadcast_to(b, batch + b.shape[-2:])
-        return lax.linalg.triangular_solve(
-            a, b, left_side=True, lower=lower, transpose_a=transpose, unit_diagonal=unit_diagonal
-        )
-
-    def e(i, j):  # entry (i, j) of op(a), with an axis for the k columns
-        x = entry(a, j, i, tail) if transpose else entry(a, i, j, tail)
-        return jnp.expand_dims(x, -1 - tail)
-
-    forward = lower != transpose
-    order = range(r) if forward else range(r - 1, -1, -1)
-    x = [None] * r
-    for i in order:
-        acc = row(b, i, tail)
-        for j in range(i) if forward else range(i + 1, r):
-            acc = acc - e(i, j) * x[j]
-        x[i] = acc if unit_diagonal else acc / e(i, i)
-    return jnp.stack(x, axis=-2 - tail)
-
-
-def tri_solve(l, b, *, transpose: bool = False, tail: int = 0):
+def tri_solve(l, b, *, transpose: bool = False):
     """``l⁻¹ b`` (``l⁻ᵀ b`` if ``transpose``) for lower-triangular ``l`` (..., m, m),
-    ``b`` (..., m, k) (batch-last with ``tail = 1``)."""
-    return substitute(l, b, lower=True, transpose=transpose, tail=tail)
+    ``b`` (..., m, k), batch dimensions broadcast (:func:`kalmanad.filter._kernels.tri_solve`
+    in the ordinary layout)."""
+    batch = jnp.broadcast_shapes(l.shape[:-2], b.shape[:-2])
+    l = jnp.broadcast_to(l, batch + l.shape[-2:])
+    b = jnp.broadcast_to(b, batch + b.shape[-2:])
+    x = kernels.tri_solve(
+        jnp.moveaxis(l, (-2, -1), (0, 1)), jnp.moveaxis(b, (-2, -1), (0, 1)), transpose=transpose
+    )
+    return jnp.moveaxis(x, (0, 1), (-2, -1))
 
 
 def solve(a, b):
@@ -624,3 +469,57 @@ def first_bad_mask(ok):
     T = ok.shape[-1]
     first = jnp.where(jnp.all(ok, axis=-1), T, jnp.argmin(ok, axis=-1))
     return jnp.arange(T) >= first[..., None]
+
+
+# ------------------------------------------- set-up and the log-likelihood convention
+
+
+def setup(ssm: DiscreteSSM, y):
+    """The set-up every filter shares: guards and missing-value masking (one subject).
+
+    Returns ``(ssm, y0, n_obs, ok)``: the sanitised model (non-finite entries zeroed,
+    covariances symmetrised, see :func:`sanitize_inputs`) with the masked observation
+    arrays (see :func:`mask_missing`), the zero-filled observations, the count of
+    observed entries per step and the all-inputs-valid flag. An infinite observation
+    is invalid, not missing.
+    """
+    y_fin = jnp.where(jnp.isinf(y), 0.0, y)
+    ok_y = ~jnp.isinf(y).any()
+    ssm, ok = sanitize_inputs(ssm, jnp.zeros((), y.dtype))
+    y0, H, d, R, n_obs = mask_missing(
+        y_fin, ssm.observation, ssm.observation_offset, ssm.observation_cov
+    )
+    ssm = ssm._replace(observation=H, observation_offset=d, observation_cov=R)
+    return ssm, y0, n_obs, ok & ok_y
+
+
+def step_loglik(n_obs, quad, half_logdet):
+    """``log N(v; 0, S)`` of one step's observed entries from ``quad = vᵀ S⁻¹ v`` and
+    ``half_logdet = Σ log Lᵢᵢ`` (``S = L Lᵀ``): ``−½ (n_obs log 2π + quad) − half_logdet``."""
+    return -0.5 * (n_obs * LOG_2PI + quad) - half_logdet
+
+
+def flag(ll, ok, probe=0.0):
+    """Fold the validity of a step into its log-likelihood: NaN where invalid.
+
+    ``ok`` is False where the step failed (e.g. ``S`` not positive-definite); ``0 *
+    probe`` is NaN exactly when a probe (see ``_kernels.guard``) is not finite. The NaN
+    only marks the step for :func:`finish`, which masks it (its cotangent is zero, and
+    neither the addition nor the product by the constant 0 uses the NaN in its
+    derivative). A single per-step output keeps XLA's fused loop fast on CPU.
+    """
+    return ll + jnp.where(ok, 0.0, jnp.nan) + 0.0 * probe
+
+
+def finish(ll, ok_in):
+    """Total and pointwise log-likelihood from the flagged per-step values (T, *batch).
+
+    The convention of every filter: a step is valid when its flagged value is finite;
+    the pointwise values are ``-inf`` from the first invalid step on, the total is
+    ``-inf`` if any step or the input (``ok_in``, shape batch) is invalid.
+    """
+    ok_t = jnp.isfinite(ll) & ok_in
+    bad = jnp.moveaxis(first_bad_mask(jnp.moveaxis(ok_t, 0, -1)), -1, 0)
+    ll = jnp.where(ok_t, ll, 0.0)
+    total = jnp.where(bad[-1], -jnp.inf, jnp.sum(ll, axis=0))
+    return total, jnp.where(bad, -jnp.inf, ll)

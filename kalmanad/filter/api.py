@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -11,11 +9,7 @@ from kalmanad.filter._common import CORE_NDIM, batched, check_checkpoint, prepar
 from kalmanad.filter._types import FilterResult
 from kalmanad.filter.diffuse import filter_diffuse
 from kalmanad.filter.parallel import filter_parallel
-from kalmanad.filter.sequential import (
-    batch_last_applies,
-    filter_sequential,
-    filter_sequential_panel,
-)
+from kalmanad.filter.sequential import filter_sequential
 from kalmanad.filter.sqrt import filter_sqrt
 from kalmanad.ssm import DiscreteSSM
 
@@ -118,14 +112,13 @@ def filter_ssm(
         return filter_parallel(ssm_, y_)
 
     if method == "sequential" and diffuse_mask is None and y.ndim > 2:
-        lead, m = y.shape[:-2], y.shape[-1]
-        if batch_last_applies(ssm.transition.shape[-1], m, math.prod(lead)):
-            return _sequential_panel(ssm, y, checkpoint)
+        return _sequential_panel(ssm, y, checkpoint)
     return batched(run, ssm, (y, diffuse_mask), (2, 1), y.ndim - 2)
 
 
 def _sequential_panel(ssm: DiscreteSSM, y, checkpoint) -> FilterResult:
-    """The sequential filter of a panel (leading batch dims of ``y``), batch-last."""
+    """The sequential filter of a panel (leading batch dims of ``y``): one recursion for
+    all subjects, which run as trailing axes of every array (see ``sequential``)."""
     lead = y.shape[:-2]
     k = len(lead)
 
@@ -134,13 +127,10 @@ def _sequential_panel(ssm: DiscreteSSM, y, checkpoint) -> FilterResult:
         return y_[0, 0]
 
     jax.eval_shape(lambda s, yy: batched(check, s, (yy,), (2,), k), ssm, y)
-    flat = DiscreteSSM(
+    full = DiscreteSSM(
         *[
-            jnp.broadcast_to(x, lead + x.shape[-CORE_NDIM[f] :]).reshape(
-                (-1, *x.shape[-CORE_NDIM[f] :])
-            )
+            jnp.broadcast_to(x, lead + x.shape[-CORE_NDIM[f] :])
             for f, x in zip(DiscreteSSM._fields, ssm, strict=True)
         ]
     )
-    res = filter_sequential_panel(flat, y.reshape((-1, *y.shape[-2:])), checkpoint=checkpoint)
-    return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), res)
+    return filter_sequential(full, y, checkpoint=checkpoint)

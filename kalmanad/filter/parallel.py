@@ -30,14 +30,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from kalmanad.filter._common import (
-    LOG_2PI,
-    first_bad_mask,
+    finish,
+    flag,
     safe_cholesky,
+    setup,
     solve,
+    step_loglik,
     tri_solve,
 )
 from kalmanad.filter._types import FilterResult
-from kalmanad.filter.sequential import setup
 from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
@@ -119,13 +120,7 @@ def filter_parallel(ssm: DiscreteSSM, y) -> FilterResult:
     L, ok_s = safe_cholesky(symmetrize(H @ P_p @ mT(H)) + R)
     v = y0 - (H @ m_p[..., None])[..., 0] - d
     z = tri_solve(L, v[..., None])[..., 0]
-    ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z, axis=-1)) - jnp.sum(
-        jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1
-    )
-    ok_t = ok_e & ok_s & jnp.isfinite(ll) & fin_f & fin_p
-    ok_t = ok_t & ok_in
-    bad = first_bad_mask(ok_t)
-    ll = jnp.where(ok_t, ll, 0.0)
-    total = jnp.where(bad[-1], -jnp.inf, jnp.sum(ll))
-    pointwise = jnp.where(bad, -jnp.inf, ll)
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    ll = step_loglik(n_obs, jnp.sum(z * z, axis=-1), half_logdet)
+    total, pointwise = finish(flag(ll, ok_e & ok_s & fin_f & fin_p), ok_in)
     return FilterResult(total, pointwise, m_p, P_p, m_f, P_f)

@@ -40,16 +40,18 @@ import jax
 import jax.numpy as jnp
 
 from kalmanad.filter._common import (
-    LOG_2PI,
     attach_cholesky,
     chol_tangent,
+    finish,
+    flag,
     psd_factor,
     scan_segments,
+    setup,
+    step_loglik,
     tri_solve,
     tria,
 )
 from kalmanad.filter._types import FilterResult
-from kalmanad.filter.sequential import setup
 from kalmanad.linalg._util import mT, symmetrize
 from kalmanad.ssm import DiscreteSSM
 
@@ -123,20 +125,19 @@ def _core_jvp(primals, tangents):
 
 
 def _step(carry, inp):
-    m, P, L, ok = carry
+    m, P, L = carry
     A, b, Q, GQ, H, d, R, GR, y0, n_obs, ok_qr = inp
     m_p = A @ m + b
     ok_p = jnp.isfinite(jnp.sum(m_p))
     m_p = jnp.where(ok_p, m_p, 0.0)
     L_S, Kb, L_f, P_f, okc = _core(A, P, L, Q, GQ, H, R, GR)
     z = tri_solve(L_S, (y0 - H @ m_p - d)[:, None])[:, 0]
-    ll = -0.5 * (n_obs * LOG_2PI + jnp.sum(z * z)) - jnp.sum(jnp.log(jnp.diagonal(L_S)))
+    ll = step_loglik(n_obs, jnp.sum(z * z), jnp.sum(jnp.log(jnp.diagonal(L_S))))
     m_f = m_p + Kb @ z
     good = ok_p & ok_qr & (okc > 0) & jnp.isfinite(jnp.sum(m_f) + ll)
     m_f = jnp.where(good, m_f, 0.0)
     ll = jnp.where(good, ll, 0.0)
-    ok = ok & good
-    return (m_f, P_f, L_f, ok), (m_p, m_f, P_f, L_f, ll, ok)
+    return (m_f, P_f, L_f), (m_p, m_f, P_f, L_f, flag(ll, good))
 
 
 @partial(jax.jit, static_argnames=("unroll", "checkpoint"))
@@ -166,12 +167,11 @@ def filter_sqrt(
         n_obs,
         ok_q & ok_r,
     )
-    init = (ssm.initial_mean, ssm.initial_cov, L0, ok_in)
-    (_, _, _, ok), (m_p, m_f, P_f, L_f, ll, ok_t) = scan_segments(
+    init = (ssm.initial_mean, ssm.initial_cov, L0)
+    _, (m_p, m_f, P_f, L_f, ll) = scan_segments(
         _step, init, xs, checkpoint=checkpoint, unroll=unroll
     )
-    total = jnp.where(ok, jnp.sum(ll), -jnp.inf)
-    pointwise = jnp.where(ok_t, ll, -jnp.inf)
+    total, pointwise = finish(ll, ok_in)
 
     # Predicted moments, vectorised after the scan (dead code when unused under jit).
     A = ssm.transition

@@ -8,6 +8,7 @@ differentiation through the algorithm's own steps.
 from kalmanad.linalg.cholesky import cho_solve, gaussian_logpdf, gaussian_logpdf_chol, logdet_spd
 from kalmanad.linalg.expm import expm, expm_frechet
 from kalmanad.linalg.lyapunov import solve_continuous_lyapunov, solve_discrete_lyapunov
+from kalmanad.linalg.series import taylor_coefficients
 
 __all__ = [
     "cho_solve",
@@ -18,4 +19,5 @@ __all__ = [
     "logdet_spd",
     "solve_continuous_lyapunov",
     "solve_discrete_lyapunov",
+    "taylor_coefficients",
 ]
