@@ -37,12 +37,12 @@ def _matmul(x, y):
     return jnp.matmul(x, y, precision=_HI)
 
 
-def _norm1(x):
+def norm1(x):
     """Matrix 1-norm (largest absolute column sum) over the last two axes."""
     return jnp.max(jnp.sum(jnp.abs(x), axis=-2), axis=-1, initial=0.0)
 
 
-def _balance(off_norm, nu):
+def balance_scale(off_norm, nu):
     """Power of two α with ‖off/α‖ ≲ max(ν, 1·[ν = 0]); exact to scale and unscale."""
     ref = jnp.where(nu > 0, nu, 1.0)
     ratio = jnp.where(off_norm > ref, off_norm / ref, 1.0)
@@ -154,9 +154,9 @@ def _block_evaluator(a, q, w):
     """
     n, r = a.shape[-1], w.shape[-1]
     dtype = a.dtype
-    nu = lax.stop_gradient(jnp.maximum(_norm1(a), _norm1(a.T)))
-    alpha = _balance(_norm1(lax.stop_gradient(q)), nu)
-    beta = _balance(_norm1(lax.stop_gradient(w)), nu)
+    nu = lax.stop_gradient(jnp.maximum(norm1(a), norm1(a.T)))
+    alpha = balance_scale(norm1(lax.stop_gradient(q)), nu)
+    beta = balance_scale(norm1(lax.stop_gradient(w)), nu)
     rows = [jnp.concatenate([a, q / alpha, w / beta], axis=1)]
     rows.append(jnp.concatenate([jnp.zeros((n, n), dtype), -a.T, jnp.zeros((n, r), dtype)], 1))
     if r:
@@ -174,7 +174,7 @@ def _block_evaluator(a, q, w):
 
 def _pow2_bound(a):
     """σ: the smallest power of two ≥ max(‖A‖₁, ‖A‖∞) (1 for A = 0); carries no gradient."""
-    nu = lax.stop_gradient(jnp.maximum(_norm1(a), _norm1(a.T)))
+    nu = lax.stop_gradient(jnp.maximum(norm1(a), norm1(a.T)))
     nu = jnp.where(jnp.isfinite(nu) & (nu > 0), nu, 1.0)
     return jnp.exp2(jnp.ceil(jnp.log2(nu)))
 
@@ -355,8 +355,8 @@ def _stationary(a, q, w, dt):
     n, r = a.shape[-1], w.shape[-1]
     p_inf = symmetrize(solve_continuous_lyapunov(a, -q))
     if r:
-        nu = lax.stop_gradient(_norm1(a))
-        beta = _balance(_norm1(lax.stop_gradient(w)), nu)
+        nu = lax.stop_gradient(norm1(a))
+        beta = balance_scale(norm1(lax.stop_gradient(w)), nu)
         top = jnp.concatenate([a, w / beta], axis=1)
         block = jnp.concatenate([top, jnp.zeros((r, n + r), a.dtype)], axis=0)
         f = expm(dt[..., None, None] * block)

@@ -468,7 +468,7 @@ def cmd_simulate(args) -> int:
     columns = ["time", *spec.manifest]
     rows = np.column_stack([times, y])
     if inputs is not None:
-        _, input_columns, _ = spec._columns()
+        _, input_columns, _ = spec.data_columns()
         columns += [input_columns[x] for x in spec.inputs]
         rows = np.column_stack([rows, inputs])
     header = ",".join(columns)

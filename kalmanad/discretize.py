@@ -96,10 +96,10 @@ from kalmanad.linalg._checks import as_float_array
 from kalmanad.linalg._util import symmetrize
 from kalmanad.model import (
     LinearSDE,
-    _concrete,
-    _is_stable_np,
-    _max_real_eigenvalue,
+    concrete_array,
     drift_is_stable,
+    is_stable_np,
+    max_real_eigenvalue,
 )
 from kalmanad.ssm import DiscreteSSM
 
@@ -145,7 +145,7 @@ def _check_drift_diffusion(drift, diffusion):
 
 
 def _check_dt(dt):
-    dt_c = _concrete(dt)
+    dt_c = concrete_array(dt)
     if dt_c is not None:
         dt_c = np.asarray(dt_c, dtype=np.float64)
         if not np.all(np.isfinite(dt_c)):
@@ -161,14 +161,14 @@ def _check_dt(dt):
 
 
 def _require_stable(a, what: str, hint: str) -> None:
-    a_c = _concrete(a)
-    if a_c is None or _is_stable_np(a_c):
+    a_c = concrete_array(a)
+    if a_c is None or is_stable_np(a_c):
         return
     if not np.all(np.isfinite(a_c)):
         raise ValueError(f"{what} needs a stable drift, but drift has non-finite entries")
     raise ValueError(
         f"{what} needs a stable drift, but the largest real part of the eigenvalues of "
-        f"drift is {_max_real_eigenvalue(a_c):.6g} (must be < 0); {hint}"
+        f"drift is {max_real_eigenvalue(a_c):.6g} (must be < 0); {hint}"
     )
 
 
@@ -311,7 +311,7 @@ def discretize_step(
 def _step_inputs(u, name, batch, p, dtype):
     if u is None:
         return jnp.zeros((*batch, p), dtype)
-    _check_finite(u, name)
+    check_finite(u, name)
     u = as_float_array(u, name)
     if u.ndim < 1 or u.shape[-1] != p:
         raise ValueError(
@@ -327,8 +327,8 @@ def _step_inputs(u, name, batch, p, dtype):
     return jnp.broadcast_to(u, (*shape, p)).astype(dtype)
 
 
-def _check_finite(x, name):
-    xc = _concrete(x)
+def check_finite(x, name):
+    xc = concrete_array(x)
     if xc is not None and not np.all(np.isfinite(xc)):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(xc))[0])
         raise ValueError(
@@ -366,7 +366,7 @@ def check_times(times) -> np.ndarray | None:
     shape = np.shape(times)
     if len(shape) < 1 or shape[-1] == 0:
         raise ValueError(f"times must have shape (..., T) with T >= 1, got shape {shape}")
-    tc = _concrete(times)
+    tc = concrete_array(times)
     if tc is None:
         return None
     t = np.asarray(tc, dtype=np.float64)
@@ -428,7 +428,7 @@ def default_grid(times) -> StepGrid | None:
     discretised at its merged size, so the numbers are the same. Pass it as
     ``grid=`` where the times will be traced.
     """
-    if _concrete(times) is None:
+    if concrete_array(times) is None:
         return None
     grid = step_grid(times)  # (which validates the times)
     if 2 * grid.dt.size > grid.index.size:
@@ -489,7 +489,7 @@ def initial_moments(model: LinearSDE):
     if model.initial_state == "diffuse":
         return model.initial_mean, model.diffuse_scale * jnp.eye(n, dtype=dtype)
     a = model.drift
-    a_c = _concrete(a)
+    a_c = concrete_array(a)
     eye = jnp.eye(n, dtype=dtype)
     if a_c is not None:
         _require_stable(
@@ -527,7 +527,7 @@ def _model_inputs(inputs, t_shape, p: int, dtype):
             f"inputs has shape {u.shape} but times is {t_shape} and the model has p={p} "
             f"inputs: expected (..., {T}, {p})"
         )
-    _check_finite(inputs, "inputs")
+    check_finite(inputs, "inputs")
     return u.astype(dtype)
 
 

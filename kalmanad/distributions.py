@@ -38,7 +38,7 @@ from kalmanad.filter._common import check_checkpoint
 from kalmanad.model import LinearSDE
 from kalmanad.nonlinear import NonlinearSDE, nonlinear_filter, simulate_nonlinear
 from kalmanad.nonlinear.api import METHODS as NONLINEAR_METHODS
-from kalmanad.nonlinear.api import _options as _nonlinear_options
+from kalmanad.nonlinear.api import nonlinear_options as _nonlinear_options
 from kalmanad.nonlinear.linearise import n_substeps as _substep_count
 from kalmanad.scale import sharded_log_likelihood
 from kalmanad.statespace import (

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-def _model_fn(model):
+def numpyro_model_fn(model):
     numpyro_model = getattr(model, "numpyro_model", None)
     if numpyro_model is not None:
         return numpyro_model
@@ -60,7 +60,7 @@ def _init_strategy(model):
     return init_to_median(num_samples=15)
 
 
-def _model_kwargs(y, inputs, kwargs):
+def observation_kwargs(y, inputs, kwargs):
     out = dict(kwargs)
     out["y"] = None if y is None else np.asarray(y)
     if inputs is not None:
@@ -115,8 +115,8 @@ def pointwise_log_likelihood(model, samples: dict, times, y, inputs=None, **kwar
 
 def sde_draws_single(model, draw: dict, times, y=None, inputs=None, **kwargs) -> dict:
     """:func:`sde_draws` for a single draw (no leading draw axis)."""
-    fn = _model_fn(model)
-    kw = _model_kwargs(y, inputs, kwargs)
+    fn = numpyro_model_fn(model)
+    kw = observation_kwargs(y, inputs, kwargs)
     tr = handlers.trace(handlers.substitute(handlers.seed(fn, 0), draw)).get_trace(times, **kw)
     return {
         name: _unwrap(site["fn"])
@@ -241,8 +241,8 @@ def fit_nuts(
 
     if init not in ("median", "map"):
         raise ValueError(f"init must be 'median' or 'map', got {init!r}")
-    fn = _model_fn(model)
-    kw = _model_kwargs(y, inputs, model_kwargs)
+    fn = numpyro_model_fn(model)
+    kw = observation_kwargs(y, inputs, model_kwargs)
     init_params, start, attrs = None, {}, {"init": init}
     if init == "map":
         found, init_params, inverse_mass_matrix = _map_start(
@@ -496,9 +496,9 @@ def fit_map(
     L-BFGS-B's line search does not recover from an infinite trial value.
     """
     found = _find_mode(
-        _model_fn(model),
+        numpyro_model_fn(model),
         times,
-        _model_kwargs(y, inputs, model_kwargs),
+        observation_kwargs(y, inputs, model_kwargs),
         seed=seed,
         num_starts=num_starts,
         laplace=laplace,

@@ -40,7 +40,7 @@ from numpyro.distributions import ImproperUniform
 from numpyro.distributions.transforms import biject_to
 
 from kalmanad._mle_result import Derived, MLEResult, NotIdentifiedError, StartRun
-from kalmanad.inference import _model_fn, _model_kwargs
+from kalmanad.inference import numpyro_model_fn, observation_kwargs
 
 __all__ = ["Derived", "MLEResult", "NotIdentifiedError", "StartRun", "fit_mle"]
 
@@ -483,8 +483,8 @@ def fit_mle(
         −2LL + 2k, BIC = −2LL + k log n (n = observed scalar values, k = free
         parameters), standard errors, and the runs of every start.
     """
-    fn = _model_fn(model)
-    kw = _model_kwargs(y, inputs, model_kwargs)
+    fn = numpyro_model_fn(model)
+    kw = observation_kwargs(y, inputs, model_kwargs)
     problem, medians, moderate = _problem_for(fn, times, kw)
     starts = _starts(problem, start, medians, moderate, max(1, int(num_starts)), seed)
     runs, best = [], None

@@ -64,7 +64,7 @@ _FIELDS = (
 )
 
 
-def _concrete(x) -> np.ndarray | None:
+def concrete_array(x) -> np.ndarray | None:
     """``x`` as a numpy array when its value is known, ``None`` under tracing."""
     if isinstance(x, jax.core.Tracer):
         return None
@@ -80,16 +80,16 @@ def _stability_tol(a: np.ndarray) -> float:
     return 100.0 * float(np.finfo(a.dtype).eps) * max(float(np.abs(a).max(initial=0.0)), 1e-300)
 
 
-def _max_real_eigenvalue(a: np.ndarray) -> float:
+def max_real_eigenvalue(a: np.ndarray) -> float:
     return float(np.max(np.linalg.eigvals(a.astype(np.float64)).real))
 
 
-def _is_stable_np(a: np.ndarray) -> bool:
+def is_stable_np(a: np.ndarray) -> bool:
     """Concrete stability test (numpy eigenvalues)."""
     a = np.asarray(a, dtype=np.float64)
     if not np.all(np.isfinite(a)):
         return False
-    return _max_real_eigenvalue(a) < -_stability_tol(a)
+    return max_real_eigenvalue(a) < -_stability_tol(a)
 
 
 def drift_is_stable(drift) -> jax.Array:
@@ -111,11 +111,11 @@ def drift_is_stable(drift) -> jax.Array:
     shape = np.shape(drift)
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"drift must be a square (n, n) matrix, got shape {shape}")
-    a_np = _concrete(drift)
+    a_np = concrete_array(drift)
     if a_np is not None:
         if np.iscomplexobj(a_np):
             raise TypeError(f"drift must be real, got dtype {a_np.dtype}")
-        return np.bool_(_is_stable_np(a_np))
+        return np.bool_(is_stable_np(a_np))
     a = as_float_array(drift, "drift")
     a = jax.lax.stop_gradient(a)
     n = a.shape[-1]
@@ -131,7 +131,7 @@ def drift_is_stable(drift) -> jax.Array:
     return jnp.all(jnp.isfinite(p)) & ok_resid & ok_pd & jnp.all(jnp.isfinite(a))
 
 
-def _sym_psd_ok(x: jax.Array) -> jax.Array:
+def sym_psd_ok(x: jax.Array) -> jax.Array:
     """Traceable test: finite, symmetric and positive semi-definite to ``sqrt(eps)``."""
     eps = jnp.finfo(x.dtype).eps
     finite = jnp.all(jnp.isfinite(x))
@@ -359,9 +359,9 @@ class LinearSDE:
 
         Does nothing for a traced drift (use :meth:`is_stable` there).
         """
-        a = _concrete(self.drift)
-        if a is not None and not _is_stable_np(a):
-            lam = _max_real_eigenvalue(a) if np.all(np.isfinite(a)) else float("nan")
+        a = concrete_array(self.drift)
+        if a is not None and not is_stable_np(a):
+            lam = max_real_eigenvalue(a) if np.all(np.isfinite(a)) else float("nan")
             raise ValueError(
                 f"drift is not stable: the largest real part of its eigenvalues is {lam:.6g} "
                 f"(must be < 0)"
@@ -384,7 +384,7 @@ class LinearSDE:
         for name in ("diffusion", "observation_noise", "initial_cov"):
             v = getattr(self, name)
             if v is not None:
-                ok = ok & _sym_psd_ok(jax.lax.stop_gradient(v))
+                ok = ok & sym_psd_ok(jax.lax.stop_gradient(v))
         if self.initial_state == "stationary":
             ok = ok & self.is_stable()
         return ok
@@ -403,7 +403,7 @@ class LinearSDE:
         if not batch:
             self._check_one()
             return self
-        if any(_concrete(v) is None for v in self._arrays if v is not None):
+        if any(concrete_array(v) is None for v in self._arrays if v is not None):
             return self
         arrays = jax.tree.map(np.asarray, self)  # one device-to-host copy per field
         for index in np.ndindex(*batch):
@@ -419,7 +419,7 @@ class LinearSDE:
         for name, v in zip(_FIELDS, self._arrays, strict=True):
             if v is None:
                 continue
-            x = _concrete(v)
+            x = concrete_array(v)
             if x is None:
                 continue
             if not np.all(np.isfinite(x)):
@@ -428,13 +428,13 @@ class LinearSDE:
                     f"{name} must be finite, got {x[bad]} at index {bad} (shape {x.shape})"
                 )
             if name in ("diffusion", "observation_noise", "initial_cov"):
-                _check_sym_psd(name, x)
+                check_sym_psd(name, x)
         if self.initial_state == "stationary":
-            a = _concrete(self.drift)
-            if a is not None and not _is_stable_np(a):
+            a = concrete_array(self.drift)
+            if a is not None and not is_stable_np(a):
                 raise ValueError(
                     "a stationary initial state needs a stable drift, but the largest real "
-                    f"part of the eigenvalues of drift is {_max_real_eigenvalue(a):.6g} "
+                    f"part of the eigenvalues of drift is {max_real_eigenvalue(a):.6g} "
                     "(must be < 0); give initial_mean and initial_cov, or pass "
                     "initial_state='diffuse'"
                 )
@@ -503,7 +503,7 @@ def _check_shapes(arrays: dict) -> None:
             )
 
 
-def _check_sym_psd(name: str, x: np.ndarray) -> None:
+def check_sym_psd(name: str, x: np.ndarray) -> None:
     eps = float(np.finfo(x.dtype).eps)
     scale = float(np.abs(x).max(initial=0.0))
     tol = np.sqrt(eps) * scale

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from kalmanad.discretize import StepGrid, step_grid, step_grid_rows
 from kalmanad.model import LinearSDE
-from kalmanad.statespace import _broadcast_model, kalman_filter, model_batch_shape
+from kalmanad.statespace import broadcast_model, kalman_filter, model_batch_shape
 
 __all__ = ["sharded_log_likelihood", "subject_mesh"]
 
@@ -157,7 +157,7 @@ def sharded_log_likelihood(
     if mbatch:
         # One model per subject: broadcast every field to (S, ...) and pad with copies
         # of the last subject's (valid) parameters.
-        model = jax.tree.map(lambda x: _pad_rows(x, pad), _broadcast_model(model, (S,)))
+        model = jax.tree.map(lambda x: _pad_rows(x, pad), broadcast_model(model, (S,)))
         model_spec = sharded
     else:
         model_spec = PartitionSpec()

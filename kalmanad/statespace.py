@@ -28,7 +28,7 @@ import numpy as np
 from kalmanad._validation import value_errors_raise
 from kalmanad.discretize import (
     StepGrid,
-    _check_finite,
+    check_finite,
     check_times,
     default_grid,
     discretize_model,
@@ -75,7 +75,7 @@ def _check_model(model) -> None:
         raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
 
 
-def _broadcast_model(model: LinearSDE, batch: tuple[int, ...]) -> LinearSDE:
+def broadcast_model(model: LinearSDE, batch: tuple[int, ...]) -> LinearSDE:
     leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: x is None)
     out = [
         None if x is None else jnp.broadcast_to(x, batch + jnp.shape(x)[jnp.ndim(x) - k :])
@@ -111,7 +111,7 @@ def discretize_observed(
     if grid is None:
         grid = _observed_grid(model, times, batch)
     flat_model = jax.tree.map(
-        lambda x: x.reshape((size, *x.shape[len(batch) :])), _broadcast_model(model, batch)
+        lambda x: x.reshape((size, *x.shape[len(batch) :])), broadcast_model(model, batch)
     )
     flat_times = jnp.broadcast_to(jnp.asarray(times), (*batch, T)).reshape(size, T)
     args = [flat_model, flat_times]
@@ -421,7 +421,7 @@ def _front_end_args(model: LinearSDE, times, inputs, grid=None):
     if grid is None:
         grid = _observed_grid(model, times, _observed_batch(model, times, inputs))
     if inputs is not None:
-        _check_finite(inputs, "inputs")
+        check_finite(inputs, "inputs")
         inputs = _as_array(inputs)
     return _as_array(times), inputs, grid
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kalmanad.discretize import _check_finite
+from kalmanad.discretize import check_finite
 from kalmanad.filter._types import FilterResult
 from kalmanad.nonlinear.ekf import ekf
 from kalmanad.nonlinear.linearise import n_substeps as substep_count
@@ -151,7 +151,7 @@ def _check_args(model, times, y, inputs):
                 f"inputs has shape {inputs.shape} but times is {t_shape} and the model has "
                 f"n_inputs={p}: expected (..., {T}, {p})"
             )
-        _check_finite(inputs, "inputs")
+        check_finite(inputs, "inputs")
     try:
         jnp.broadcast_shapes(
             t_shape[:-1], y.shape[:-2], () if inputs is None else inputs.shape[:-2]
@@ -214,12 +214,12 @@ def nonlinear_filter(
             return kalman_filter(linear, times, y, inputs)
         method = "ekf"
     K = substep_count(times, model.max_dt, n_substeps) if method != "moments" else 1
-    opts = _options(method, options)
+    opts = nonlinear_options(method, options)
     times = times if isinstance(times, jax.Array) else np.asarray(times)
     return _run(model, jnp.asarray(times, model.dtype), y, inputs, method=method, K=K, options=opts)
 
 
-def _options(method: str, options: dict) -> tuple:
+def nonlinear_options(method: str, options: dict) -> tuple:
     """The method's options as a hashable, sorted tuple (static under ``jit``)."""
     if method == "ekf":
         allowed: dict = {}

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kalmanad.discretize import _balance, _norm1, check_times
+from kalmanad._discretize_routes import balance_scale, norm1
+from kalmanad.discretize import check_times
 from kalmanad.filter._common import LOG_2PI, first_bad_mask, safe_cholesky, tri_solve
 from kalmanad.linalg import expm
 from kalmanad.linalg._util import symmetrize
@@ -79,15 +80,15 @@ def ll_transition(jac, rate, f, h):
     """
     n = jac.shape[-1]
     dtype = jac.dtype
-    nu = lax.stop_gradient(jnp.maximum(_norm1(jac), _norm1(jac.T)))
+    nu = lax.stop_gradient(jnp.maximum(norm1(jac), norm1(jac.T)))
     nu = jnp.where(jnp.isfinite(nu), nu, 0.0)
     scaled = lax.stop_gradient(nu * h)
     s = jnp.where(scaled > 1.0, jnp.ceil(jnp.log2(jnp.where(scaled > 1.0, scaled, 1.0))), 0.0)
     s = jnp.clip(s, 0, MAX_DOUBLINGS).astype(jnp.int32)
     hs = h * jnp.exp2(-s.astype(dtype))  # exact: a power of two
     # Off-diagonal blocks scaled by powers of two so that they do not drive expm's degree.
-    alpha = _balance(_norm1(lax.stop_gradient(rate)), nu)
-    beta = _balance(jnp.sum(jnp.abs(lax.stop_gradient(f))), nu)
+    alpha = balance_scale(norm1(lax.stop_gradient(rate)), nu)
+    beta = balance_scale(jnp.sum(jnp.abs(lax.stop_gradient(f))), nu)
     z = jnp.zeros
     block = jnp.concatenate(
         [

@@ -40,7 +40,7 @@ import numpy as np
 
 from kalmanad._validation import value_errors_raise
 from kalmanad.linalg._checks import as_float_array
-from kalmanad.model import LinearSDE, _check_sym_psd, _concrete, _sym_psd_ok
+from kalmanad.model import LinearSDE, check_sym_psd, concrete_array, sym_psd_ok
 
 __all__ = ["DIFFUSION_FORMS", "NonlinearSDE", "as_linear", "from_linear"]
 
@@ -343,8 +343,8 @@ class NonlinearSDE:
             if jnp.issubdtype(jnp.result_type(v), jnp.inexact):
                 ok = ok & jnp.all(jnp.isfinite(v))
         r = jax.lax.stop_gradient(self.noise_cov())
-        ok = ok & jnp.all(jnp.isfinite(r)) & _sym_psd_ok(jnp.where(jnp.isfinite(r), r, 0.0))
-        ok = ok & _sym_psd_ok(jax.lax.stop_gradient(self.initial_cov))
+        ok = ok & jnp.all(jnp.isfinite(r)) & sym_psd_ok(jnp.where(jnp.isfinite(r), r, 0.0))
+        ok = ok & sym_psd_ok(jax.lax.stop_gradient(self.initial_cov))
         if isinstance(self.params, LinearSDE):  # from_linear: e.g. a stationary start's drift
             ok = ok & self.params.is_valid()
         return ok
@@ -353,22 +353,22 @@ class NonlinearSDE:
         """Raise ``ValueError`` naming the first invalid concrete value; return ``self``."""
         leaves = jax.tree_util.tree_leaves_with_path(self.params)
         for path, v in leaves:
-            x = _concrete(v)
+            x = concrete_array(v)
             if x is not None and np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
                 raise ValueError(f"params{jax.tree_util.keystr(path)} must be finite, got {x}")
         for name in ("initial_mean", "initial_cov"):
-            x = _concrete(getattr(self, name))
+            x = concrete_array(getattr(self, name))
             if x is not None and not np.all(np.isfinite(x)):
                 raise ValueError(f"{name} must be finite, got {x}")
-        p0 = _concrete(self.initial_cov)
+        p0 = concrete_array(self.initial_cov)
         if p0 is not None:
-            _check_sym_psd("initial_cov", p0)
-        if all(_concrete(v) is not None for v in jax.tree.leaves(self.params)):
-            r = _concrete(self.noise_cov())
+            check_sym_psd("initial_cov", p0)
+        if all(concrete_array(v) is not None for v in jax.tree.leaves(self.params)):
+            r = concrete_array(self.noise_cov())
             if r is not None:
                 if not np.all(np.isfinite(r)):
                     raise ValueError(f"observation_noise must be finite, got {r}")
-                _check_sym_psd("observation_noise", r)
+                check_sym_psd("observation_noise", r)
         return self
 
 
@@ -417,7 +417,7 @@ def from_linear(model: LinearSDE, *, max_dt: float = 0.1) -> NonlinearSDE:
             "a diffuse initial state has no proper Gaussian form for the nonlinear filters: "
             "give initial_mean and initial_cov (a known start)"
         )
-    imp = _concrete(model.impulse_effect)
+    imp = concrete_array(model.impulse_effect)
     if imp is not None and np.any(imp != 0):
         raise ValueError("impulse effects are not supported by NonlinearSDE (impulse_effect != 0)")
     m0, p0 = initial_moments(model)

@@ -245,8 +245,8 @@ def read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, co
     wanted = [time, *manifest.values(), *inputs.values(), *covariates.values()]
     if subject is not None:
         wanted.append(subject)
-    header, body = _header_and_body(path, wanted)
-    table = _Table(where, header, body)
+    header, body = header_and_body(path, wanted)
+    table = CsvTable(where, header, body)
     times = table.numbers(time, allow_missing=False)
     y = table.rows(list(manifest.values()), allow_missing=True)
     y = y.reshape(len(body), len(manifest))
@@ -259,7 +259,7 @@ def read_csv(path: Path, *, time: str, subject: str | None, manifest, inputs, co
     return ModelData(times, y, None if subj is None else np.array(subj), u, cov, path)
 
 
-def _header_and_body(path: Path, wanted: list) -> tuple[list, list]:
+def header_and_body(path: Path, wanted: list) -> tuple[list, list]:
     """The header (stripped names) and the non-blank data rows ``(line number, row)``."""
     where = str(path)
     try:
@@ -294,7 +294,7 @@ def _header_and_body(path: Path, wanted: list) -> tuple[list, list]:
     return header, body
 
 
-class _Table:
+class CsvTable:
     """The data rows of a CSV file, read column by column."""
 
     def __init__(self, where: str, header: list, body: list):

@@ -607,7 +607,8 @@ class ModelSpec:
             return numpyro.sample("y", d, obs=y)
 
     # ------------------------------------------------------------------------- data
-    def _columns(self):
+    def data_columns(self):
+        """The data file's column of each manifest, input and covariate (dicts)."""
         cols = self.data.columns
         manifest = {x: cols.get(x, x) for x in self.manifest}
         inputs = {x: cols.get(x, x) for x in self.inputs}
@@ -640,7 +641,7 @@ class ModelSpec:
                 subject (ties are allowed), or a covariate that changes within a subject.
         """
         path = Path(path)
-        manifest, inputs, covs = self._columns()
+        manifest, inputs, covs = self.data_columns()
         header = read_header(path)
         time = self._time_column(header) if time is None else time
         if subject is None:
@@ -672,7 +673,7 @@ class ModelSpec:
         path = Path(path)
         if not self.inputs:
             raise DataError(f"{path}: {self.name} has no inputs to read")
-        _, inputs, _ = self._columns()
+        _, inputs, _ = self.data_columns()
         time = self._time_column(read_header(path)) if time is None else time
         data = read_csv(path, time=time, subject=None, manifest={}, inputs=inputs, covariates={})
         return data.times, data.inputs

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kalmanad.spec.data import DataError, ModelData, _header_and_body, _Table
+from kalmanad.spec.data import CsvTable, DataError, ModelData, header_and_body
 from kalmanad.spec.errors import suggest
 
 __all__ = ["read_wide"]
@@ -33,8 +33,8 @@ class _Source:
         if isinstance(source, (str, Path)):
             self.path = Path(source)
             self.where = str(self.path)
-            self.header, body = _header_and_body(self.path, [])
-            self._table = _Table(self.where, self.header, body)
+            self.header, body = header_and_body(self.path, [])
+            self._table = CsvTable(self.where, self.header, body)
             self.rows = [f"line {ln}" for ln, _ in body]
             self._frame = None
         elif hasattr(source, "columns") and hasattr(source, "index"):
