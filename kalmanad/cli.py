@@ -100,9 +100,8 @@ def _written_when_complete(target: Path):
         raise
 
 
-# XLA's older CPU fusion emitters compile the sampler about twice as fast (measured on
-# the OU model's log-likelihood gradient: 2.7 s against 5.9 s), at 10-20% more run
-# time per gradient; for a command whose wall time is mostly compilation that is a
+# XLA's older CPU fusion emitters compile the sampler about twice as fast, at 10-20%
+# more run time per gradient; for a command whose wall time is mostly compilation that is a
 # clear win. Applied only when the user's XLA_FLAGS do not mention the option and this
 # jaxlib still has it (kalmanad._xla.with_fast_compile).
 
@@ -406,10 +405,7 @@ def _prior_draw(spec, given: dict, key) -> dict:
         return spec.sample_prior(key)
 
 
-def cmd_simulate(args) -> int:
-    _enable_x64()
-    import jax
-
+def _check_simulate_options(args) -> None:
     if args.n < 1:
         raise CLIError(f"--n must be at least 1, got {args.n}")
     if not (math.isfinite(args.dt) and args.dt > 0):
@@ -422,11 +418,12 @@ def cmd_simulate(args) -> int:
             raise CLIError(f"--out {target}: is a folder; give a file name")
         if not target.parent.is_dir():
             raise CLIError(f"--out {target}: the folder {target.parent} does not exist")
-    spec = _load(args.model)
-    if spec.is_hierarchical:
-        raise CLIError(f"{spec.name} is hierarchical: simulate one subject's model instead")
+
+
+def _given_parameters(spec, items) -> dict:
+    """The spec's ``[data.truth]`` values updated by ``--param NAME=VALUE`` items."""
     truth = dict(getattr(spec.data, "truth", None) or {})
-    for item in args.param or []:
+    for item in items or []:
         if "=" not in item:
             raise CLIError(f"--param expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
@@ -440,6 +437,56 @@ def cmd_simulate(args) -> int:
             raise CLIError(f"--param {k}: {v!r} is not a number") from None
         if not math.isfinite(truth[k]):
             raise CLIError(f"--param {k}: {v!r} is not a finite number")
+    return truth
+
+
+def _simulation_times(spec, args):
+    """(times, inputs): the ``--inputs`` file's for a model with inputs, else ``--n``
+    times with exponential (or, ``--regular``, constant) gaps of mean ``--dt``."""
+    if spec.inputs:
+        if args.inputs is None:
+            names = ", ".join(spec.inputs)
+            raise CLIError(
+                f"{spec.name} has inputs ({names}): give their series with --inputs FILE.csv "
+                "(a time column and one column per input; the simulation uses its times)"
+            )
+        return _read_inputs(spec, args.inputs)
+    if args.inputs is not None:
+        raise CLIError(f"--inputs: {spec.name} has no inputs")
+    rng = np.random.default_rng(args.seed)
+    gaps = np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
+    return np.concatenate([[0.0], np.cumsum(gaps)]), None
+
+
+def _write_simulation(args, comment: str, columns: list, rows: np.ndarray) -> None:
+    def write(out) -> None:
+        out.write(comment)
+        out.write(",".join(columns) + "\n")
+        # Every digit (Python's shortest exact repr): the file reads back to the
+        # simulated values, and close times of a long series stay distinct.
+        for r in rows.tolist():
+            out.write(",".join(map(repr, r)) + "\n")
+
+    if args.out in (None, "-"):
+        write(sys.stdout)
+        return
+    try:
+        with _written_when_complete(Path(args.out)) as tmp, open(tmp, "w") as out:
+            write(out)
+    except OSError as e:
+        raise CLIError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    print(f"wrote {args.out} ({len(rows)} rows)", file=sys.stderr)
+
+
+def cmd_simulate(args) -> int:
+    _enable_x64()
+    import jax
+
+    _check_simulate_options(args)
+    spec = _load(args.model)
+    if spec.is_hierarchical:
+        raise CLIError(f"{spec.name} is hierarchical: simulate one subject's model instead")
+    truth = _given_parameters(spec, args.param)
     key = jax.random.PRNGKey(args.seed)
     k_prior, _k_times, k_sim = jax.random.split(key, 3)
     prior = _prior_draw(spec, truth, k_prior)
@@ -448,22 +495,7 @@ def cmd_simulate(args) -> int:
         model = spec.build(params)
     except ValueError as e:
         raise CLIError(f"{spec.name}: no valid model at these parameters: {e}") from None
-    if spec.inputs:
-        if args.inputs is None:
-            names = ", ".join(spec.inputs)
-            raise CLIError(
-                f"{spec.name} has inputs ({names}): give their series with --inputs FILE.csv "
-                "(a time column and one column per input; the simulation uses its times)"
-            )
-        times, inputs = _read_inputs(spec, args.inputs)
-    else:
-        if args.inputs is not None:
-            raise CLIError(f"--inputs: {spec.name} has no inputs")
-        rng = np.random.default_rng(args.seed)
-        gaps = (
-            np.full(args.n - 1, args.dt) if args.regular else rng.exponential(args.dt, args.n - 1)
-        )
-        times, inputs = np.concatenate([[0.0], np.cumsum(gaps)]), None
+    times, inputs = _simulation_times(spec, args)
     y = _simulate_observations(spec, model, times, inputs, k_sim)
     columns = ["time", *spec.manifest]
     rows = np.column_stack([times, y])
@@ -471,30 +503,12 @@ def cmd_simulate(args) -> int:
         _, input_columns, _ = spec.data_columns()
         columns += [input_columns[x] for x in spec.inputs]
         rows = np.column_stack([rows, inputs])
-    header = ",".join(columns)
     comment = (
         f"# simulated from {spec.name} with "
         + ", ".join(f"{k}={float(np.asarray(v)):.6g}" for k, v in params.items() if np.ndim(v) == 0)
         + f"; seed={args.seed}\n"
     )
-
-    def write(out) -> None:
-        out.write(comment)
-        out.write(header + "\n")
-        # Every digit (Python's shortest exact repr): the file reads back to the
-        # simulated values, and close times of a long series stay distinct.
-        for r in rows.tolist():
-            out.write(",".join(map(repr, r)) + "\n")
-
-    if args.out in (None, "-"):
-        write(sys.stdout)
-        return 0
-    try:
-        with _written_when_complete(Path(args.out)) as tmp, open(tmp, "w") as out:
-            write(out)
-    except OSError as e:
-        raise CLIError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
-    print(f"wrote {args.out} ({args.n} rows)", file=sys.stderr)
+    _write_simulation(args, comment, columns, rows)
     return 0
 
 
@@ -509,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("describe", help="describe a model spec")
-    s.add_argument("model", help="zoo name or path to a .toml spec")
+    s.add_argument("model", help="zoo name, or path to a .toml spec or .kal equations")
     s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser(
@@ -523,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=CSV_LAYOUT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("model", help="zoo name or path to a .toml spec")
+    s.add_argument("model", help="zoo name, or path to a .toml spec or .kal equations")
     s.add_argument("data", nargs="?", help="CSV in long format (default: the bundled data)")
     s.add_argument("--time", help="name of the time column (default: the spec's, or 'time')")
     s.add_argument("--subject", help="name of the subject column (optional)")
@@ -584,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("simulate", help="simulate data from a model (CSV to stdout or --out)")
-    s.add_argument("model", help="zoo name or path to a .toml spec")
+    s.add_argument("model", help="zoo name, or path to a .toml spec or .kal equations")
     s.add_argument("--n", type=int, default=200, help="number of observation times")
     s.add_argument("--dt", type=float, default=1.0, help="mean gap between times")
     s.add_argument("--regular", action="store_true", help="regular instead of random gaps")

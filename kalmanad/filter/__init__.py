@@ -8,6 +8,7 @@ These functions work on the per-step discrete-time model produced by
   (log-likelihood, pointwise log-likelihood, predicted and filtered moments), exact
   missing-value handling, optional exact diffuse initialisation;
 * :func:`rts_smoother_ssm` — Rauch–Tung–Striebel smoother (sequential or parallel);
+* :func:`diffuse_smoother_ssm` — exact diffuse smoother (Durbin–Koopman);
 * :func:`simulate_ssm` — exact joint draws of states and observations;
 * :func:`forecast_ssm` — predictive moments through given future transitions.
 """
@@ -15,7 +16,7 @@ These functions work on the per-step discrete-time model produced by
 from kalmanad.filter._types import FilterResult, Forecast, Simulation, SmootherResult
 from kalmanad.filter.api import METHODS, filter_ssm
 from kalmanad.filter.simulate import forecast_ssm, simulate_ssm
-from kalmanad.filter.smoother import rts_smoother_ssm
+from kalmanad.filter.smoother import diffuse_smoother_ssm, rts_smoother_ssm
 
 __all__ = [
     "METHODS",
@@ -23,6 +24,7 @@ __all__ = [
     "Forecast",
     "Simulation",
     "SmootherResult",
+    "diffuse_smoother_ssm",
     "filter_ssm",
     "forecast_ssm",
     "rts_smoother_ssm",
