@@ -10,13 +10,20 @@ The public API: :class:`LinearSDE`, :func:`discretize`,
 :func:`kalman_filter`, :func:`log_likelihood`, :func:`rts_smoother`, :func:`simulate`,
 :func:`forecast`, the NumPyro distribution in :mod:`kalmanad.distributions`, the model
 zoo (:func:`load_model`, :func:`list_models`), inference (:func:`fit_nuts`,
-:func:`fit_map`) and the differentiable primitives in :mod:`kalmanad.linalg`.
+:func:`fit_map`, :func:`fit_mle`), nonlinear SDEs (:class:`NonlinearSDE` and its filters)
+and the differentiable primitives in :mod:`kalmanad.linalg`.
 """
 
 from kalmanad import linalg, models
 from kalmanad.discretize import discretize, discretize_model
 from kalmanad.model import LinearSDE
 from kalmanad.models import stationary_covariance
+from kalmanad.nonlinear import (
+    NonlinearSDE,
+    nonlinear_filter,
+    nonlinear_log_likelihood,
+    simulate_nonlinear,
+)
 from kalmanad.statespace import forecast, kalman_filter, log_likelihood, rts_smoother, simulate
 
 __version__ = "0.1.0.dev0"
@@ -24,6 +31,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "LinearSDE",
     "MLEResult",
+    "NonlinearSDE",
     "discretize",
     "discretize_model",
     "fit_map",
@@ -37,9 +45,12 @@ __all__ = [
     "load_model",
     "log_likelihood",
     "models",
+    "nonlinear_filter",
+    "nonlinear_log_likelihood",
     "read_wide",
     "rts_smoother",
     "simulate",
+    "simulate_nonlinear",
     "stationary_covariance",
 ]
 

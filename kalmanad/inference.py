@@ -24,7 +24,7 @@ from numpyro.distributions import Distribution
 from numpyro.infer import MCMC, NUTS, init_to_median
 from numpyro.infer.util import initialize_model
 
-from kalmanad.distributions import LinearSDEDistribution
+from kalmanad.distributions import LinearSDEDistribution, NonlinearSDEDistribution
 from kalmanad.linalg import expm
 from kalmanad.statespace import forecast, rts_smoother
 
@@ -69,8 +69,9 @@ def observation_kwargs(y, inputs, kwargs):
 
 
 def _unwrap(fn: Distribution):
-    """The LinearSDEDistribution inside NumPyro wrappers (plates, masks, to_event)."""
-    while not isinstance(fn, LinearSDEDistribution):
+    """The SDE distribution (linear or nonlinear) inside NumPyro wrappers (plates,
+    masks, to_event)."""
+    while not isinstance(fn, LinearSDEDistribution | NonlinearSDEDistribution):
         inner = getattr(fn, "base_dist", None)
         if inner is None:
             return None
@@ -538,6 +539,16 @@ def _posterior_samples(posterior) -> dict:
     return posterior
 
 
+def _linear_site(draws: dict, site: str):
+    d = draws[site]
+    if isinstance(d, NonlinearSDEDistribution):
+        raise TypeError(
+            f"site {site!r} is a nonlinear SDE: smoothing and forecasting are available for "
+            "linear SDEs only (use kalmanad.nonlinear.nonlinear_filter for filtered moments)"
+        )
+    return d
+
+
 def smoothed_states(
     model,
     posterior,
@@ -558,7 +569,7 @@ def smoothed_states(
     y = np.asarray(y)
 
     def one(draw):
-        d = sde_draws_single(model, draw, times, y, inputs, **model_kwargs)[site]
+        d = _linear_site(sde_draws_single(model, draw, times, y, inputs, **model_kwargs), site)
         res = rts_smoother(d.model, d.times, y, d.inputs)
         return res.smoothed_mean, res.smoothed_cov
 
@@ -588,7 +599,7 @@ def forecast_draws(
     y = np.asarray(y)
 
     def one(draw):
-        d = sde_draws_single(model, draw, times, y, inputs, **model_kwargs)[site]
+        d = _linear_site(sde_draws_single(model, draw, times, y, inputs, **model_kwargs), site)
         return forecast(d.model, d.times, y, new_times, inputs=d.inputs, new_inputs=new_inputs)
 
     return jax.jit(jax.vmap(one))(samples)

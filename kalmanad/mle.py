@@ -459,6 +459,7 @@ def fit_mle(
             named ``inits`` as a dict or a pandas Series; missing names take the
             default), a vector in the order of :attr:`MLEResult.names`, or a list of
             such (one start each). Given starts are all run, before the defaults.
+            Default: a spec's own ``start`` values, where it has any.
         num_starts: number of starts without ``start``: the prior median (the moderate
             point below for a flat prior), the moderate point T(0) (0 for real, 1 for
             positive, the middle of an interval), then seeded N(0, I) perturbations of
@@ -486,6 +487,8 @@ def fit_mle(
     fn = numpyro_model_fn(model)
     kw = observation_kwargs(y, inputs, model_kwargs)
     problem, medians, moderate = _problem_for(fn, times, kw)
+    if start is None and getattr(model, "starts", None):
+        start = dict(model.starts)
     starts = _starts(problem, start, medians, moderate, max(1, int(num_starts)), seed)
     runs, best = [], None
     for u0 in starts:

@@ -346,3 +346,29 @@ def test_ctsem_published_fits(name):
     assert abs(result.minus2ll - ex.PUBLISHED[name]) < 0.05
     if name == "anomauth":  # ctsem's test also checks the SE of the mean of Y1 (0.036)
         assert abs(result.se[result.names.index("mm1")] - 0.036) < 0.01
+
+
+def test_a_specs_start_values_are_where_the_fits_start():
+    """``start`` in a spec is the first start of fit_mle and the init of NUTS/fit_map."""
+    from numpyro import handlers
+
+    from kalmanad.spec import from_equations
+
+    text = (Path(__file__).parents[1] / "models" / "ou.kal").read_text()
+    spec = from_equations(text + "\nstart theta = 0.7 ; start mu = 0.25\n")
+    assert spec.starts == {"theta": 0.7, "mu": 0.25}
+    from kalmanad.spec import load_model
+
+    data = load_model("ou").default_data()
+    r = fit_mle(spec, data.times, data.y, num_starts=1, se=False)
+    assert r.starts[0].start["theta"] == pytest.approx(0.7)
+    assert r.starts[0].start["mu"] == pytest.approx(0.25)
+    # The init strategy: the start where given, the prior median elsewhere.
+    strategy = spec.init_strategy()
+    seeded = handlers.seed(spec.numpyro_model, rng_seed=0)
+    trace = handlers.trace(handlers.substitute(seeded, substitute_fn=strategy)).get_trace(
+        data.times, y=data.y
+    )
+    assert float(trace["theta"]["value"]) == pytest.approx(0.7)
+    assert float(trace["mu"]["value"]) == pytest.approx(0.25)
+    assert float(trace["sigma"]["value"]) == pytest.approx(2 * 0.6744897501960817, rel=0.05)

@@ -141,8 +141,6 @@ files and panels), :mod:`~kalmanad.spec.sampling` (the NumPyro side),
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kalmanad.spec.cells import BUILDERS
 from kalmanad.spec.data import DataError, ModelData, PanelData, to_panel
 from kalmanad.spec.equations import EquationError, from_equations
@@ -151,22 +149,7 @@ from kalmanad.spec.expressions import FUNCTIONS, Expression, parse_expression
 from kalmanad.spec.model import DataSpec as DataSpec  # public, documented; not in __all__
 from kalmanad.spec.model import ModelSpec
 from kalmanad.spec.priors import PRIORS, parse_prior
-from kalmanad.spec.zoo import list_models, models_dir
-from kalmanad.spec.zoo import load_model as _load_zoo_model
-
-
-def load_model(name_or_path: str | Path) -> ModelSpec:
-    """Load a zoo model by name (``"ou"``) or a spec file by path: a TOML spec
-    (``"my_model.toml"``) or a model written as equations (``"my_model.kal"``).
-
-    Raises:
-        SpecError: unknown name (with suggestions) or an invalid spec;
-            :class:`EquationError` (a SpecError) for a problem in equations.
-    """
-    if not isinstance(name_or_path, Path) and str(name_or_path).endswith(".kal"):
-        name_or_path = Path(name_or_path)  # a path, never a zoo name
-    return _load_zoo_model(name_or_path)
-
+from kalmanad.spec.zoo import list_models, load_model, models_dir
 
 __all__ = [
     "BUILDERS",

@@ -15,14 +15,14 @@ def models_dir() -> Path:
 
     In a source checkout (or an editable install) this is the repository's top-level
     ``models/`` next to the ``kalmanad`` package; an installed wheel ships the same
-    files as package data in ``kalmanad/models/``.
+    files as package data in ``kalmanad/zoo/``.
     """
     here = Path(__file__).resolve().parent.parent  # the kalmanad package
-    for candidate in (here / "models", here.parent / "models"):
+    for candidate in (here / "zoo", here.parent / "models"):
         if candidate.is_dir() and any(candidate.glob("*.toml")):
             return candidate
     raise FileNotFoundError(
-        f"the model zoo was not found (looked in {here / 'models'} and {here.parent / 'models'})"
+        f"the model zoo was not found (looked in {here / 'zoo'} and {here.parent / 'models'})"
     )
 
 
@@ -32,19 +32,22 @@ def list_models() -> list[str]:
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:
-    """Load a zoo model by name (``"ou"``) or a spec file by path (``"my_model.toml"``).
+    """Load a zoo model by name (``"ou"``) or a spec file by path: a TOML spec
+    (``"my_model.toml"``) or a model written as equations (``"my_model.kal"``).
 
     Raises:
-        SpecError: unknown name (with suggestions) or an invalid spec.
+        SpecError: unknown name (with suggestions) or an invalid spec;
+            :class:`~kalmanad.spec.EquationError` (a SpecError) for a problem in equations.
     """
     text = str(name_or_path)
     path = Path(text)
-    if isinstance(name_or_path, Path) or path.suffix == ".toml" or path.parent != Path("."):
+    is_path = path.suffix in (".toml", ".kal") or path.parent != Path(".")
+    if isinstance(name_or_path, Path) or is_path:
         return ModelSpec.from_toml(path)
     zoo = list_models()
     if text not in zoo:
         raise SpecError(
             f"unknown model {text!r}{suggest(text, zoo)}; the zoo has {', '.join(zoo)} "
-            "(or give a path to a .toml spec)"
+            "(or give a path to a .toml spec or .kal equations)"
         )
     return ModelSpec.from_toml(models_dir() / f"{text}.toml")
