@@ -348,6 +348,18 @@ def test_eager_calls_run_one_compiled_function_with_the_same_results():
     g_ref = jax.jit(jax.grad(lambda m: uncompiled(m).log_likelihood))(model)
     for x, r in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(x, r, rtol=1e-10, atol=1e-12)
+
+    # And the numbers are right: the dense joint Gaussian of the observations (scipy's
+    # expm, stationary start) and central differences of it in the drift.
+    def dense(a):
+        drift, c = np.array([[a]]), np.array([0.3])
+        m0, p0 = -c / a, np.array([[0.4 / (-2 * a)]])
+        obs, noise, d = np.array([[1.0], [0.5]]), np.diag([0.2, 0.1]), np.array([0.1, -0.2])
+        return _dense_loglik(drift, np.array([[0.4]]), obs, noise, c, d, m0, p0, t, y)
+
+    np.testing.assert_allclose(res.log_likelihood, dense(-0.7), rtol=1e-10)
+    fd = (dense(-0.7 + 1e-6) - dense(-0.7 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(g.drift[0, 0], fd, rtol=1e-6)
     # A non-finite result from concrete input is re-run uncompiled, which names the problem.
     y_bad = np.array(y)
     y_bad[3, 1] = np.inf

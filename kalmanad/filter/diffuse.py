@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kalmanad.filter._common import finite_scalar, safe_cholesky, tri_solve
+from kalmanad.filter._common import finish, finite_scalar, flag, safe_cholesky, setup, tri_solve
 from kalmanad.filter._types import FilterResult, SmootherResult
 from kalmanad.filter.parallel import filter_parallel
-from kalmanad.filter.sequential import filter_sequential, finish, setup
+from kalmanad.filter.sequential import filter_sequential
 from kalmanad.filter.sqrt import filter_sqrt
 from kalmanad.linalg._util import symmetrize
 from kalmanad.ssm import DiscreteSSM
@@ -174,7 +174,7 @@ def filter_diffuse(
     )
     # The diffuse period must have ended inside the window.
     ended = jnp.max(jnp.abs(Pinf)) <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(Ps)))
-    ll1 = jnp.where(ok1, ll1, jnp.nan)  # flagged as in the sequential filter
+    ll1 = flag(ll1, ok1)
     total, pointwise = finish(ll1, ok_in)
     m_p, P_p, m_f, P_f = m_p1, P_p1, m_f1, P_f1
     if d < T:
