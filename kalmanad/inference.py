@@ -137,7 +137,7 @@ _SAMPLE_STATS = (
 )
 
 
-def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int, init_strategy):
+def _map_start(fn, times, kw, *, num_chains: int, dense_mass: bool, seed: int, init_strategy=None):
     """NUTS's start from the posterior mode: ``(mode, init_params, inverse_mass_matrix)``.
 
     Each chain starts at its own draw of the Laplace approximation N(mode, H⁻¹) in the
@@ -247,7 +247,13 @@ def fit_nuts(
     init_params, start, attrs = None, {}, {"init": init}
     if init == "map":
         found, init_params, inverse_mass_matrix = _map_start(
-            fn, times, kw, num_chains=num_chains, dense_mass=dense_mass, seed=seed
+            fn,
+            times,
+            kw,
+            num_chains=num_chains,
+            dense_mass=dense_mass,
+            seed=seed,
+            init_strategy=_init_strategy(model),
         )
         if inverse_mass_matrix is not None:
             start["inverse_mass_matrix"] = inverse_mass_matrix
@@ -381,14 +387,14 @@ class _Mode(NamedTuple):
     perm: np.ndarray  # (k,) ... at these flat indices: flat[perm] is in that order
 
 
-def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter, init_strategy) -> _Mode:
+def _find_mode(fn, times, kw, *, seed, num_starts, laplace, maxiter, init_strategy=None) -> _Mode:
     keys = jax.random.split(jax.random.PRNGKey(seed), num_starts + 1)
     init0 = initialize_model(
         keys[0],
         fn,
         model_args=(times,),
         model_kwargs=kw,
-        init_strategy=init_strategy,
+        init_strategy=init_strategy or init_to_median(num_samples=15),
     )
     potential_fn, postprocess_fn = init0.potential_fn, init0.postprocess_fn
     z0 = init0.param_info.z
