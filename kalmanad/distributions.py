@@ -51,6 +51,33 @@ from kalmanad.statespace import (
 __all__ = ["LinearSDEDistribution", "NonlinearSDEDistribution"]
 
 
+def _times_and_inputs(times, inputs):
+    """``times`` (..., T) and ``inputs`` (..., T, p) as arrays (numpy unless traced),
+    with their shapes checked."""
+    times = times if isinstance(times, jax.Array) else np.asarray(times)
+    if times.ndim < 1:
+        raise ValueError(f"times must have shape (..., T), got shape {times.shape}")
+    if inputs is not None:
+        inputs = inputs if isinstance(inputs, jax.Array) else np.asarray(inputs)
+        if inputs.ndim < 2 or inputs.shape[-2] != times.shape[-1]:
+            raise ValueError(
+                f"inputs must have shape (..., T, p) with T={times.shape[-1]} from times, "
+                f"got shape {inputs.shape}"
+            )
+    return times, inputs
+
+
+def _checked_value(value, event_shape, observation: str):
+    """``value`` as an array of shape (..., T, m) = (..., *event_shape)."""
+    value = jnp.asarray(value)
+    if value.shape[-2:] != event_shape:
+        raise ValueError(
+            f"value must have shape (..., {event_shape[0]}, {event_shape[1]}) "
+            f"(T from times, m from the model's observation {observation}), got {value.shape}"
+        )
+    return value
+
+
 class LinearSDEDistribution(Distribution):
     """Distribution of the observations ``y (T, m)`` of a :class:`~kalmanad.LinearSDE`.
 
@@ -103,16 +130,7 @@ class LinearSDEDistribution(Distribution):
             raise TypeError(f"model must be a kalmanad.LinearSDE, got {type(model).__name__}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        times = times if isinstance(times, jax.Array) else np.asarray(times)
-        if times.ndim < 1:
-            raise ValueError(f"times must have shape (..., T), got shape {times.shape}")
-        if inputs is not None:
-            inputs = inputs if isinstance(inputs, jax.Array) else np.asarray(inputs)
-            if inputs.ndim < 2 or inputs.shape[-2] != times.shape[-1]:
-                raise ValueError(
-                    f"inputs must have shape (..., T, p) with T={times.shape[-1]} from times, "
-                    f"got shape {inputs.shape}"
-                )
+        times, inputs = _times_and_inputs(times, inputs)
         self.model = model
         self.times = times
         self.inputs = inputs
@@ -153,12 +171,7 @@ class LinearSDEDistribution(Distribution):
         return (self.model, self.times, self.inputs), (self.method, self.checkpoint, self.mesh)
 
     def _filter(self, value):
-        value = jnp.asarray(value)
-        if value.shape[-2:] != self.event_shape:
-            raise ValueError(
-                f"value must have shape (..., {self.event_shape[0]}, {self.event_shape[1]}) "
-                f"(T from times, m from the model's observation matrix), got {value.shape}"
-            )
+        value = _checked_value(value, self.event_shape, "matrix")
         return kalman_filter(
             self.model,
             self.times,
@@ -270,16 +283,7 @@ class NonlinearSDEDistribution(Distribution):
         if method not in NONLINEAR_METHODS or method == "auto":
             allowed = tuple(m for m in NONLINEAR_METHODS if m != "auto")
             raise ValueError(f"method must be one of {allowed}, got {method!r}")
-        times = times if isinstance(times, jax.Array) else np.asarray(times)
-        if times.ndim < 1:
-            raise ValueError(f"times must have shape (..., T), got shape {times.shape}")
-        if inputs is not None:
-            inputs = inputs if isinstance(inputs, jax.Array) else np.asarray(inputs)
-            if inputs.ndim < 2 or inputs.shape[-2] != times.shape[-1]:
-                raise ValueError(
-                    f"inputs must have shape (..., T, p) with T={times.shape[-1]} from times, "
-                    f"got shape {inputs.shape}"
-                )
+        times, inputs = _times_and_inputs(times, inputs)
         self.model, self.times, self.inputs, self.method = model, times, inputs, method
         self.n_substeps = _substep_count(times, model.max_dt, n_substeps)
         self.options = _nonlinear_options(method, options)
@@ -310,12 +314,7 @@ class NonlinearSDEDistribution(Distribution):
         return (self.model, self.times, self.inputs), (self.method, self.n_substeps, self.options)
 
     def _filter(self, value):
-        value = jnp.asarray(value)
-        if value.shape[-2:] != self.event_shape:
-            raise ValueError(
-                f"value must have shape (..., {self.event_shape[0]}, {self.event_shape[1]}) "
-                f"(T from times, m from the model's observation function), got {value.shape}"
-            )
+        value = _checked_value(value, self.event_shape, "function")
         return nonlinear_filter(
             self.model,
             self.times,

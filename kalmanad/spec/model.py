@@ -369,6 +369,11 @@ class ModelSpec:
         return {k: v.make() for k, v in self._priors.items()}
 
     @property
+    def cells(self) -> dict:
+        """Model field name -> its parsed matrix or vector field, in spec order."""
+        return dict(self._fields)
+
+    @property
     def prior_texts(self) -> dict[str, str]:
         """Free parameter name -> the prior as written."""
         return {k: v.text for k, v in self._priors.items()}
@@ -689,7 +694,6 @@ class ModelSpec:
             raise DataError(f"{self.name}: the spec has no [data] file")
         return self.read_data(self._base_dir / self.data.file)
 
-    # ------------------------------------------------------------------- describe
     def describe(self) -> str:
         """A readable multi-line summary: variables, parameters with priors, the model as
         equations (the ``.kal`` language) and its matrices."""

@@ -97,7 +97,7 @@ def _rows(spec, fields, names, lhs) -> list[str]:
     for i, name in enumerate(names):
         terms = []
         for target, variables, wrap in fields:
-            f = spec._fields.get(target)
+            f = spec.cells.get(target)
             if f is None or not isinstance(f.spec, Cells) or target == "diffusion":
                 continue
             if variables is None:  # a vector: constant terms
@@ -116,14 +116,14 @@ def _rows(spec, fields, names, lhs) -> list[str]:
 def model_equations(spec) -> str:
     """The spec as statements of the equations language (one a line)."""
     n_noise = 0
-    diff = spec._fields["diffusion"]
+    diff = spec.cells["diffusion"]
     noises = []
     if diff.key == "diffusion_sd" and isinstance(diff.spec, Cells):
         n_noise = diff.spec.shape[1]
         noises = ["dW"] if n_noise == 1 else [f"dW{j + 1}" for j in range(n_noise)]
     lines = []
     for key in ("drift", "observation", "diffusion"):
-        f = spec._fields[key]
+        f = spec.cells[key]
         if not isinstance(f.spec, Cells):
             lines.append(f"# {f.where}: the {type(f.spec).__name__} builder (no equation form)")
     state_fields = [
@@ -149,7 +149,7 @@ def model_equations(spec) -> str:
     lines += _builder_rows(
         spec, "observation", _rows(spec, obs, spec.manifest, lambda y: f"{y} ~ ")
     )
-    lines += _covariances(spec._fields["observation_noise"], spec.manifest, diagonal_zero=True)
+    lines += _covariances(spec.cells["observation_noise"], spec.manifest, diagonal_zero=True)
     lines += _initial_lines(spec)
     lines += _parameter_lines(spec)
     return "\n".join(lines)
@@ -157,7 +157,7 @@ def model_equations(spec) -> str:
 
 def _builder_rows(spec, target, lines) -> list[str]:
     """Rows of a builder-made matrix, commented out: the builder's terms are missing."""
-    if isinstance(spec._fields[target].spec, Cells):
+    if isinstance(spec.cells[target].spec, Cells):
         return lines
     return [f"# {line} + (the builder's terms)" for line in lines]
 
@@ -182,12 +182,12 @@ def _with_noise(lines, spec, cells: Cells, noises) -> list[str]:
 
 def _initial_lines(spec) -> list[str]:
     lines = []
-    mean = spec._fields.get("initial_mean")
+    mean = spec.cells.get("initial_mean")
     if mean is not None:
         for i, x in enumerate(spec.latent):
             c = _cell(mean.spec, (i,))
             lines.append(f"{x}(0) = {c or '0'}")
-    cov = spec._fields.get("initial_cov")
+    cov = spec.cells.get("initial_cov")
     if cov is not None:
         lines += _covariances(cov, spec.latent, "(0)", diagonal_zero=True)
     elif spec.initial_state == "diffuse":
@@ -197,7 +197,7 @@ def _initial_lines(spec) -> list[str]:
 
 
 def _parameter_lines(spec) -> list[str]:
-    lines = [f"{x} ~ {p.text}" for x, p in spec._priors.items()]
+    lines = [f"{x} ~ {text}" for x, text in spec.prior_texts.items()]
     lines += [f"{x} = {_number(v)}" for x, v in spec.constants.items()]
     lines += [f"{x} = {_compact(e.text)}" for x, e in spec.derived.items()]
     lines += [f"start {x} = {_number(v)}" for x, v in spec.starts.items()]
@@ -228,11 +228,12 @@ def describe(spec) -> str:
     if spec.inputs:
         lines.append(f"  inputs:   {', '.join(spec.inputs)}")
     lines.append("  parameters:")
-    width = max(len(x) for x in [*spec._priors, *spec.constants])
-    pwidth = max(len(p.text) for p in spec._priors.values())
-    for x in spec._priors:
+    priors = spec.prior_texts
+    width = max(len(x) for x in [*priors, *spec.constants])
+    pwidth = max(len(text) for text in priors.values())
+    for x in priors:
         desc = spec.parameter_descriptions.get(x, "")
-        text = f"    {x:<{width}} ~ {spec._priors[x].text:<{pwidth}}"
+        text = f"    {x:<{width}} ~ {priors[x]:<{pwidth}}"
         lines.append(f"{text}   # {desc}" if desc else text.rstrip())
     for x, v in spec.constants.items():
         lines.append(f"    {x:<{width}} = {v:g} (fixed)")
@@ -245,7 +246,7 @@ def describe(spec) -> str:
     lines.append("  equations:")
     lines += [f"    {line}" for line in model_equations(spec).splitlines()]
     lines.append("  matrices:")
-    for f in spec._fields.values():
+    for f in spec.cells.values():
         lines.append(f"    {f.where} = {_show(f.display)}")
     lines.append(f"  initial state: {spec.initial_state}")
     if spec.random_effects:
