@@ -444,6 +444,7 @@ def test_dt_effects_are_the_matrix_exponential_of_each_posterior_drift():
     np.testing.assert_allclose(dts[-1], 5.0 / np.median(rates), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_fit_plot_dt_effects_writes_the_figure(tmp_path):
     out = tmp_path / "out"
     args = ["--warmup", "30", "--draws", "20", "--chains", "1", "--no-progress"]

@@ -82,7 +82,16 @@ def test_notebook_code_equals_script(script):
         )
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+# The default run executes the three quickest notebooks (one per kind: a simulated
+# series, a real one, the gradient rules); the slow job runs every notebook.
+DEFAULT_NOTEBOOKS = ("01_quickstart", "02_nile", "06_gradient_rules")
+NOTEBOOK_CASES = [
+    pytest.param(p, id=p.stem, marks=() if p.stem in DEFAULT_NOTEBOOKS else pytest.mark.slow)
+    for p in NOTEBOOKS
+]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOK_CASES)
 def test_notebook_runs(notebook, monkeypatch):
     # The kernel is a child process: it inherits this environment.
     monkeypatch.setenv("KALMANAD_EXAMPLES_QUICK", "1")

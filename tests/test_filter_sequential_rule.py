@@ -179,7 +179,7 @@ def _panel_path(ssm, y, **kw):
     return filter_ssm(ssm, y, "sequential", validate=False, **kw)[OUTPUTS]
 
 
-@pytest.mark.parametrize("checkpoint", [None, 3])
+@pytest.mark.parametrize("checkpoint", [None, pytest.param(3, marks=pytest.mark.slow)])
 def test_panel_equals_vmap_for_every_output_and_derivative(checkpoint):
     rng, ssm, y = _panel(6)
     got, want = _panel_path(ssm, y, checkpoint=checkpoint), _one_by_one(ssm, y)
@@ -231,6 +231,7 @@ def test_panel_shared_fields_and_two_batch_dims():
         filter_ssm(shared._replace(observation=shared.observation[:, :1]), y)
 
 
+@pytest.mark.slow
 def test_large_dimensions_use_dots_and_lapack_with_the_same_results():
     # n, m above the unrolled sizes (kalmanad._tuning.SMALL_MM, FILTER_UNROLL_MAX): the
     # kernels switch to dots and LAPACK; one subject and a 2-subject panel

@@ -136,6 +136,7 @@ def test_laplace_hessian_by_gradient_differences_matches_exact():
     np.testing.assert_array_equal(h, h.T)
 
 
+@pytest.mark.slow
 def test_fit_map_recovers_from_an_invalid_first_trial_step():
     """A 3-latent CT-VAR panel (5 subjects x 20 times): from the prior median, the first
     L-BFGS-B trial step makes the drift unstable (density -inf). L-BFGS-B then stopped
@@ -226,7 +227,7 @@ def test_map_start_redraws_starts_where_the_density_is_invalid():
     assert x.shape == (8,) and np.all(x < 0.5) and len(set(x.tolist())) == 8
 
 
-@pytest.mark.parametrize("dense_mass", [False, True])
+@pytest.mark.parametrize("dense_mass", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_fit_nuts_from_the_map(ou_data, dense_mass):
     times, y = ou_data
     idata = fit_nuts(

@@ -89,6 +89,7 @@ def _check(r):
     np.testing.assert_allclose(r["g4"], r["g1"], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_sharded_panel_equals_single_device():
     # S = 10 is not a multiple of 4 devices: the padding subjects must add nothing.
     res = _run(
