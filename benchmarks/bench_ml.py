@@ -40,25 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PANEL_CSV = ROOT / "tests" / "data" / "openmx_panel.csv"
 
-#: The panel model of peers/openmx_mle_reference.R as a spec (variances as parameters).
-PANEL_SPEC = {
-    "model": {"name": "openmx_panel", "latent": ["x1", "x2"], "manifest": ["y1", "y2"]},
-    "parameters": {
-        **dict.fromkeys(["a11", "a12", "a22"], "flat"),
-        **dict.fromkeys(["q1", "q2", "r1", "r2"], "flat(low=0)"),
-        **dict.fromkeys(["d1", "d2"], "flat"),
-    },
-    "dynamics": {
-        "drift": [["a11", "a12"], ["a12", "a22"]],
-        "diffusion": {"diagonal": ["q1", "q2"]},
-    },
-    "measurement": {
-        "loadings": [[1, 0], [0, 1]],
-        "intercept": ["d1", "d2"],
-        "noise": {"diagonal": ["r1", "r2"]},
-    },
-    "initial": {"state": "known", "mean": [0, 0], "cov": [[1, 0], [0, 1]]},
-}
+#: The panel model of peers/openmx_mle_reference.R, the spec the tests fit too.
+PANEL_SPEC = ROOT / "tests" / "data" / "openmx_panel.toml"
 
 
 def _parse():
@@ -82,7 +65,7 @@ def worker(out_path: str) -> None:
     out = {}
     nile = kalmanad.load_model("local_level")
     d = nile.default_data()
-    panel = ModelSpec.from_dict(PANEL_SPEC)
+    panel = ModelSpec.from_toml(PANEL_SPEC)
     p = panel.read_data(PANEL_CSV, subject="id")
     cases = {
         "nile": (nile, (d.times, d.y), {}),

@@ -241,31 +241,14 @@ def test_panel_with_inputs_and_missing_values():
     assert r.names == ("theta", "sigma", "b", "mu", "noise")
 
 
-OPENMX_PANEL = {
-    "model": {"name": "openmx_panel", "latent": ["x1", "x2"], "manifest": ["y1", "y2"]},
-    "parameters": {
-        **dict.fromkeys(["a11", "a12", "a22"], "flat"),
-        **dict.fromkeys(["q1", "q2", "r1", "r2"], "flat(low=0)"),
-        **dict.fromkeys(["d1", "d2"], "flat"),
-    },
-    "dynamics": {
-        "drift": [["a11", "a12"], ["a12", "a22"]],
-        "diffusion": {"diagonal": ["q1", "q2"]},
-    },
-    "measurement": {
-        "loadings": [[1, 0], [0, 1]],
-        "intercept": ["d1", "d2"],
-        "noise": {"diagonal": ["r1", "r2"]},
-    },
-    "initial": {"state": "known", "mean": [0, 0], "cov": [[1, 0], [0, 1]]},
-}
+OPENMX_PANEL = Path(__file__).parent / "data" / "openmx_panel.toml"
 
 
 @pytest.mark.slow
 def test_openmx_reference_panel():
     """OpenMx 2.21's SSCT ML fit of a ragged panel (benchmarks/peers/openmx_mle_reference.R)."""
     ref = json.loads((ROOT / "tests" / "data" / "openmx_panel_reference.json").read_text())
-    spec = ModelSpec.from_dict(OPENMX_PANEL)
+    spec = ModelSpec.from_toml(OPENMX_PANEL)
     data = spec.read_data(ROOT / "tests" / "data" / "openmx_panel.csv", subject="id")
     r = fit_mle(spec, data.times, data.y, subject=data.subject, num_starts=1)
     assert ref["status_code"] == 0 and r.converged

@@ -118,6 +118,31 @@ def _univariate_updates(a, Ps, Pinf, Hs, vs, obs, tol):
     return a, Ps, Pinf, ll, ok
 
 
+def _diffuse_start(ssm_s, mask, y0, n_obs):
+    """The start shared by the diffuse filter and smoother: the diffuse mask as floats
+    (n,), the initial mean a0 (n,) and finite covariance P_*0 (n, n) with the diffuse
+    components zeroed, the tolerance below which P_∞ has vanished, and the per-step
+    scan inputs (transition, offset, noise, observation, its offset and noise, y0, n_obs).
+    """
+    dtype = ssm_s.transition.dtype
+    fmask = mask.astype(dtype)
+    keep = 1.0 - fmask
+    a0 = ssm_s.initial_mean * keep
+    Ps0 = ssm_s.initial_cov * keep[:, None] * keep[None, :]
+    tol = math.sqrt(float(np.finfo(dtype).eps))
+    xs = (
+        ssm_s.transition,
+        ssm_s.offset,
+        ssm_s.transition_cov,
+        ssm_s.observation,
+        ssm_s.observation_offset,
+        ssm_s.observation_cov,
+        y0,
+        n_obs,
+    )
+    return fmask, a0, Ps0, tol, xs
+
+
 @partial(jax.jit, static_argnames=("diffuse_steps", "tail_method", "checkpoint"))
 def filter_diffuse(
     ssm: DiscreteSSM,
@@ -145,24 +170,8 @@ def filter_diffuse(
     ssm_s, y0, n_obs, ok_in = setup(ssm, y)
     # Which entries are observed is recovered from y (NaN) in the window.
     obs_all = ~jnp.isnan(y)
-    dtype = ssm_s.transition.dtype
-    fmask = mask.astype(dtype)
-    keep = 1.0 - fmask
-    a0 = ssm_s.initial_mean * keep
-    Ps0 = ssm_s.initial_cov * keep[:, None] * keep[None, :]
+    fmask, a0, Ps0, tol, xs = _diffuse_start(ssm_s, mask, y0, n_obs)
     Pinf0 = jnp.diag(fmask)
-    tol = math.sqrt(float(np.finfo(dtype).eps))
-
-    xs = (
-        ssm_s.transition,
-        ssm_s.offset,
-        ssm_s.transition_cov,
-        ssm_s.observation,
-        ssm_s.observation_offset,
-        ssm_s.observation_cov,
-        y0,
-        n_obs,
-    )
     head = tuple(x[:d] for x in xs)
 
     def dstep(carry, inp):
@@ -339,21 +348,7 @@ def smooth_diffuse(ssm: DiscreteSSM, y, diffuse_mask) -> SmootherResult:
     ssm_s, y0, n_obs, ok_in = setup(ssm, y)
     obs_all = ~jnp.isnan(y)
     dtype = ssm_s.transition.dtype
-    fmask = mask.astype(dtype)
-    keep = 1.0 - fmask
-    a0 = ssm_s.initial_mean * keep
-    Ps0 = ssm_s.initial_cov * keep[:, None] * keep[None, :]
-    tol = math.sqrt(float(np.finfo(dtype).eps))
-    xs = (
-        ssm_s.transition,
-        ssm_s.offset,
-        ssm_s.transition_cov,
-        ssm_s.observation,
-        ssm_s.observation_offset,
-        ssm_s.observation_cov,
-        y0,
-        n_obs,
-    )
+    fmask, a0, Ps0, tol, xs = _diffuse_start(ssm_s, mask, y0, n_obs)
 
     def fstep(carry, inp):
         obs, inp = inp
